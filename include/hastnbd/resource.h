@@ -1,0 +1,66 @@
+// One resource on this node: the daemon's state and the wiring between the
+// components (metadata, activemap, local disk, primary path, NBD server,
+// control socket). Everything here runs on the single loop thread.
+//
+// Lifecycle: open() validates and opens everything (synchronously, before the
+// loop runs) and leaves the resource in role init; start() binds the control
+// socket; role changes and status come through handle_command(); shutdown()
+// drains in-flight I/O, syncs metadata and releases the sockets.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "hastnbd/activemap.h"
+#include "hastnbd/buffer.h"
+#include "hastnbd/config.h"
+#include "hastnbd/control.h"
+#include "hastnbd/local_disk.h"
+#include "hastnbd/metadata.h"
+#include "hastnbd/nbd_server.h"
+#include "hastnbd/primary.h"
+#include "hastnbd/role.h"
+#include "hastnbd/uring.h"
+
+namespace hastnbd {
+
+class Resource {
+ public:
+  static Result<std::unique_ptr<Resource>> open(asio::io_context& io, ResourceConfig config);
+  ~Resource();
+
+  Status start();
+  awaitable<json> handle_command(const json& request);
+  awaitable<void> shutdown();
+
+  json status() const;
+  Role role() const { return role_; }
+
+ private:
+  Resource(asio::io_context& io, ResourceConfig config);
+  awaitable<Status> change_role(Role to, bool force);
+  Status become_primary();
+  awaitable<void> leave_primary();
+
+  asio::io_context& io_;
+  ResourceConfig config_;
+  BufferPool pool_;
+  std::unique_ptr<Uring> uring_;
+  std::unique_ptr<MetadataFile> meta_;
+  std::unique_ptr<LocalDisk> disk_;
+  std::unique_ptr<ActiveMap> map_;
+  std::unique_ptr<Primary> primary_;
+  std::unique_ptr<NbdServer> nbd_;
+  std::unique_ptr<ControlServer> control_;
+  Role role_ = Role::kInit;
+  std::chrono::system_clock::time_point role_since_;
+  std::chrono::system_clock::time_point started_;
+  bool changing_role_ = false;
+  bool shutting_down_ = false;
+};
+
+// Offline helpers shared by hastnbd-ctl: the data size a resource exports
+// (configured size, else the whole device), checked against the device.
+Result<uint64_t> resource_data_size(const ResourceConfig& config);
+
+}  // namespace hastnbd

@@ -1,0 +1,273 @@
+// hastnbd-ctl: the admin's (and the cluster manager's) interface.
+//   create [--force] RESOURCE   write fresh metadata (offline)
+//   role init|primary RESOURCE  change the running daemon's role
+//   status [--json] [RESOURCE]  role, peer, dirty extents, NBD clients
+//   list                        every configured resource and its state
+//   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
+// Exit codes: 0 done, 1 the operation failed, 2 usage or configuration
+// error, 3 the daemon for the resource is not running.
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+
+#include "hastnbd/activemap.h"
+#include "hastnbd/config.h"
+#include "hastnbd/control.h"
+#include "hastnbd/metadata.h"
+#include "hastnbd/resource.h"
+
+namespace po = boost::program_options;
+using namespace hastnbd;
+
+namespace {
+
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitNotRunning = 3;
+constexpr int kControlTimeoutMs = 120000;  // a role change drains in-flight I/O
+
+const char* kUsage =
+    "Usage: hastnbd-ctl [-c CONFIG] [--node NAME] COMMAND [ARGS]\n"
+    "Commands:\n"
+    "  create [--force] RESOURCE    write fresh metadata for RESOURCE\n"
+    "  role init|primary [--force] RESOURCE\n"
+    "  status [--json] [RESOURCE]   state of one or all running resources\n"
+    "  list                         configured resources and whether they run\n"
+    "  dump [--json] RESOURCE       metadata header and dirty extents\n";
+
+std::string human(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+int fail(const Status& s) {
+  std::cerr << "hastnbd-ctl: " << s.message() << "\n";
+  return kExitFailed;
+}
+
+bool not_running(const Status& s) { return s.code() == ENOENT || s.code() == ECONNREFUSED; }
+
+struct Ctx {
+  std::string config_path;
+  std::string node;
+  bool force = false;
+  bool as_json = false;
+};
+
+Result<ResourceConfig> config_for(const Ctx& c, const std::string& resource) {
+  return load_resource_config(c.config_path, resource, c.node);
+}
+
+int cmd_create(const Ctx& c, const std::string& resource) {
+  auto cfg = config_for(c, resource);
+  if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+  auto size = resource_data_size(*cfg);
+  if (!size.ok()) return fail(size.status());
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(cfg->meta).parent_path(), ec);
+  MetaHeader h;
+  h.resource = cfg->name;
+  h.data_size = *size;
+  h.extent_size = cfg->extent_size;
+  h.keepdirty = cfg->keepdirty;
+  h.flags = kMetaFresh;
+  h.uuid = random_uuid();
+  h.created = uint64_t(std::time(nullptr));
+  if (Status s = MetadataFile::create(cfg->meta, h, c.force); !s.ok()) return fail(s);
+  std::cout << "created " << cfg->meta << ": resource " << h.resource << ", " << human(h.data_size) << " in "
+            << h.extents() << " extents of " << human(h.extent_size) << ", uuid " << h.uuid_string() << "\n";
+  return 0;
+}
+
+int cmd_role(const Ctx& c, const std::string& role, const std::string& resource) {
+  auto cfg = config_for(c, resource);
+  if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+  auto reply = control_call(cfg->control_path(), json{{"cmd", "role"}, {"role", role}, {"force", c.force}},
+                            kControlTimeoutMs);
+  if (!reply.ok()) {
+    fail(reply.status());
+    return not_running(reply.status()) ? kExitNotRunning : kExitFailed;
+  }
+  if (!(*reply)["ok"].get<bool>()) return fail(Status::Error(EIO, (*reply)["error"].get<std::string>()));
+  std::cout << resource << ": role " << (*reply)["role"].get<std::string>() << "\n";
+  return 0;
+}
+
+void print_status(const json& s) {
+  auto& nbd = s["nbd"];
+  auto& meta = s["metadata"];
+  auto& local = s["local"];
+  auto& dirty = s["dirty"];
+  std::cout << s["resource"].get<std::string>() << ":\n"
+            << "  role:        " << s["role"].get<std::string>() << " (since " << s["role_since"].get<std::string>()
+            << "), node " << s["node"].get<std::string>() << ", pid " << s["pid"] << "\n"
+            << "  replication: " << s["replication"].get<std::string>() << "\n"
+            << "  peer:        " << s["peer"]["state"].get<std::string>();
+  if (!s["peer"]["remote"].get<std::string>().empty()) std::cout << " (" << s["peer"]["remote"].get<std::string>() << ")";
+  std::cout << "\n"
+            << "  local:       " << local["path"].get<std::string>() << ", " << human(local["size"]) << ", block "
+            << local["block_size"] << "\n"
+            << "  metadata:    " << meta["path"].get<std::string>() << ", uuid " << meta["uuid"].get<std::string>()
+            << ", localcnt " << meta["localcnt"] << ", remotecnt " << meta["remotecnt"]
+            << (meta["fresh"].get<bool>() ? ", fresh" : "") << "\n"
+            << "  dirty:       " << dirty["extents"] << " extents, " << human(dirty["bytes"]) << " (extent "
+            << human(s["extent_size"]) << ", keepdirty " << dirty["keepdirty"] << ")\n"
+            << "  nbd:         ";
+  if (nbd["socket"].get<std::string>().empty()) std::cout << "not serving";
+  else std::cout << nbd["socket"].get<std::string>();
+  if (!nbd["tcp"].get<std::string>().empty()) std::cout << ", tcp " << nbd["tcp"].get<std::string>();
+  std::cout << ", " << nbd["clients"] << " client(s), " << nbd["requests"] << " requests ("
+            << nbd["requests_in_flight"] << " in flight), read " << human(nbd["bytes_read"]) << ", written "
+            << human(nbd["bytes_written"]) << ", " << nbd["errors"] << " errors\n";
+}
+
+int cmd_status(const Ctx& c, std::vector<std::string> resources) {
+  if (resources.empty()) {
+    auto names = load_resource_names(c.config_path);
+    if (!names.ok()) return std::cerr << "hastnbd-ctl: " << names.status().message() << "\n", kExitUsage;
+    resources = *names;
+  }
+  int rc = 0;
+  json all = json::array();
+  for (const auto& name : resources) {
+    auto cfg = config_for(c, name);
+    if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+    auto reply = control_call(cfg->control_path(), json{{"cmd", "status"}}, kControlTimeoutMs);
+    if (!reply.ok()) {
+      if (not_running(reply.status())) {
+        std::cerr << "hastnbd-ctl: " << name << ": not running (no daemon on " << cfg->control_path() << ")\n";
+        rc = rc ? rc : kExitNotRunning;
+      } else {
+        rc = fail(reply.status());
+      }
+      continue;
+    }
+    reply->erase("ok");
+    if (c.as_json) all.push_back(*reply);
+    else print_status(*reply);
+  }
+  if (c.as_json) std::cout << (resources.size() == 1 && all.size() == 1 ? all[0] : all).dump(2) << "\n";
+  return rc;
+}
+
+int cmd_list(const Ctx& c) {
+  auto names = load_resource_names(c.config_path);
+  if (!names.ok()) return std::cerr << "hastnbd-ctl: " << names.status().message() << "\n", kExitUsage;
+  std::printf("%-16s %-10s %-10s %-14s %s\n", "RESOURCE", "ROLE", "PEER", "DIRTY", "LOCAL");
+  for (const auto& name : *names) {
+    auto cfg = config_for(c, name);
+    if (!cfg.ok()) {
+      std::printf("%-16s %-10s %s\n", name.c_str(), "-", cfg.status().message().c_str());
+      continue;
+    }
+    auto reply = control_call(cfg->control_path(), json{{"cmd", "status"}}, 5000);
+    if (!reply.ok()) {
+      std::printf("%-16s %-10s %-10s %-14s %s\n", name.c_str(), "stopped", "-", "-", cfg->local.c_str());
+      continue;
+    }
+    const json& s = *reply;
+    std::printf("%-16s %-10s %-10s %-14s %s\n", name.c_str(), s["role"].get<std::string>().c_str(),
+                s["peer"]["state"].get<std::string>().c_str(), human(s["dirty"]["bytes"]).c_str(),
+                cfg->local.c_str());
+  }
+  return 0;
+}
+
+int cmd_dump(const Ctx& c, const std::string& resource) {
+  auto cfg = config_for(c, resource);
+  if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+  // Read-only and unlocked: the daemon may be running; the bitmap is shared
+  // page cache, so this shows its current state.
+  auto meta = MetadataFile::open(cfg->meta, /*lock=*/false, /*writable=*/false);
+  if (!meta.ok()) return fail(meta.status());
+  const MetaHeader& h = (*meta)->header();
+  auto runs = bitmap_dirty_runs((*meta)->bitmap(), h.extents());
+  uint64_t dirty = 0;
+  for (auto [a, b] : runs) dirty += b - a + 1;
+  if (c.as_json) {
+    json j = {{"path", cfg->meta},        {"resource", h.resource}, {"data_size", h.data_size},
+              {"extent_size", h.extent_size}, {"extents", h.extents()}, {"keepdirty", h.keepdirty},
+              {"uuid", h.uuid_string()},  {"localcnt", h.localcnt}, {"remotecnt", h.remotecnt},
+              {"fresh", (h.flags & kMetaFresh) != 0}, {"synchronising", (h.flags & kMetaSynchronising) != 0},
+              {"sequence", h.sequence},   {"dirty_extents", dirty}, {"dirty", json::array()}};
+    for (auto [a, b] : runs) j["dirty"].push_back({a, b});
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::time_t created = std::time_t(h.created);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&created));
+  std::cout << "metadata:      " << cfg->meta << " (header sequence " << h.sequence << ")\n"
+            << "resource:      " << h.resource << "\n"
+            << "uuid:          " << h.uuid_string() << "\n"
+            << "created:       " << when << "\n"
+            << "data size:     " << h.data_size << " (" << human(h.data_size) << ")\n"
+            << "extent size:   " << h.extent_size << " (" << human(h.extent_size) << "), " << h.extents()
+            << " extents\n"
+            << "keepdirty:     " << h.keepdirty << "\n"
+            << "localcnt:      " << h.localcnt << "\n"
+            << "remotecnt:     " << h.remotecnt << "\n"
+            << "flags:         " << ((h.flags & kMetaFresh) ? "fresh " : "")
+            << ((h.flags & kMetaSynchronising) ? "synchronising " : "") << (h.flags ? "" : "none") << "\n"
+            << "dirty extents: " << dirty << " (" << human(std::min(dirty * h.extent_size, h.data_size)) << ")\n";
+  for (auto [a, b] : runs) {
+    uint64_t end = std::min((b + 1) * h.extent_size, h.data_size);
+    if (a == b) std::printf("  extent %llu", (unsigned long long)a);
+    else std::printf("  extents %llu-%llu", (unsigned long long)a, (unsigned long long)b);
+    std::printf("  bytes %llu-%llu\n", (unsigned long long)(a * h.extent_size), (unsigned long long)(end - 1));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Ctx c;
+  c.config_path = kDefaultConfigPath;
+  std::string command;
+  std::vector<std::string> args;
+  po::options_description opts("Options");
+  opts.add_options()("help,h", "show this help")("config,c", po::value(&c.config_path), "configuration file")(
+      "node", po::value(&c.node), "this node's name (default: short hostname)")(
+      "force,f", "create: overwrite; role: proceed with clients attached")("json", "machine-readable output")(
+      "command", po::value(&command))("args", po::value(&args));
+  po::positional_options_description pos;
+  pos.add("command", 1).add("args", -1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(opts).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "hastnbd-ctl: " << e.what() << "\n" << kUsage;
+    return kExitUsage;
+  }
+  if (vm.count("help") || command.empty()) {
+    std::cout << kUsage;
+    return command.empty() && !vm.count("help") ? kExitUsage : 0;
+  }
+  c.force = vm.count("force") > 0;
+  c.as_json = vm.count("json") > 0;
+  auto want = [&](size_t n) {
+    if (args.size() == n) return true;
+    std::cerr << "hastnbd-ctl: " << command << ": expected " << n << " argument(s)\n" << kUsage;
+    return false;
+  };
+  if (command == "create") return want(1) ? cmd_create(c, args[0]) : kExitUsage;
+  if (command == "role") return want(2) ? cmd_role(c, args[0], args[1]) : kExitUsage;
+  if (command == "status") return cmd_status(c, args);
+  if (command == "list") return want(0) ? cmd_list(c) : kExitUsage;
+  if (command == "dump") return want(1) ? cmd_dump(c, args[0]) : kExitUsage;
+  std::cerr << "hastnbd-ctl: unknown command '" << command << "'\n" << kUsage;
+  return kExitUsage;
+}

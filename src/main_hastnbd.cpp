@@ -1,0 +1,82 @@
+// hastnbd [-c CONFIG] [--node NAME] RESOURCE: one resource's daemon, in the
+// foreground (systemd runs it). Starts in role init.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/program_options.hpp>
+#include <iostream>
+
+#include "hastnbd/config.h"
+#include "hastnbd/logging.h"
+#include "hastnbd/resource.h"
+
+namespace po = boost::program_options;
+using namespace hastnbd;
+
+int main(int argc, char** argv) {
+  std::string config_path = kDefaultConfigPath, node, resource;
+  po::options_description opts("Usage: hastnbd [-c CONFIG] [--node NAME] RESOURCE\nOptions");
+  opts.add_options()("help,h", "show this help")("version", "print the version")(
+      "config,c", po::value(&config_path), "configuration file (default /etc/hastnbd/hastnbd.yaml)")(
+      "node", po::value(&node), "this node's name in the configuration (default: short hostname)")(
+      "verbose,v", "debug logging")("resource", po::value(&resource), "resource to serve");
+  po::positional_options_description pos;
+  pos.add("resource", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(opts).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "hastnbd: " << e.what() << "\n" << opts;
+    return 2;
+  }
+  if (vm.count("help")) {
+    std::cout << opts;
+    return 0;
+  }
+  if (vm.count("version")) {
+    std::cout << "hastnbd " << HASTNBD_VERSION << "\n";
+    return 0;
+  }
+  if (resource.empty()) {
+    std::cerr << "hastnbd: no resource given\n" << opts;
+    return 2;
+  }
+  auto config = load_resource_config(config_path, resource, node);
+  if (!config.ok()) {
+    std::cerr << "hastnbd: " << config.status().message() << "\n";
+    return 2;
+  }
+  setup_logging("hastnbd[" + resource + "/" + config->node + "]", vm.count("verbose") > 0);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  asio::io_context io(1);
+  auto res = Resource::open(io, *config);
+  if (!res.ok()) {
+    spdlog::critical("cannot start: {}", res.status().message());
+    return 1;
+  }
+  Resource& r = **res;
+  if (Status s = r.start(); !s.ok()) {
+    spdlog::critical("cannot start: {}", s.message());
+    return 1;
+  }
+  asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+  stop_signals.async_wait([&](error_code ec, int sig) {
+    if (ec) return;
+    spdlog::info("signal {}: draining and stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    asio::co_spawn(io, [&]() -> awaitable<void> {
+      co_await r.shutdown();
+      io.stop();
+    }, asio::detached);
+  });
+  asio::signal_set hup(io, SIGHUP);
+  std::function<void(error_code, int)> on_hup = [&](error_code ec, int) {
+    if (ec) return;
+    spdlog::warn("SIGHUP: configuration reload is not supported yet; nothing changed");
+    hup.async_wait(on_hup);
+  };
+  hup.async_wait(on_hup);
+  io.run();
+  return 0;
+}

@@ -1,0 +1,34 @@
+#include "hastnbd/role.h"
+
+#include <string>
+
+namespace hastnbd {
+
+const char* to_string(Role r) {
+  switch (r) {
+    case Role::kInit: return "init";
+    case Role::kSecondary: return "secondary";
+    case Role::kPrimary: return "primary";
+  }
+  return "?";
+}
+
+std::optional<Role> parse_role(std::string_view s) {
+  if (s == "init") return Role::kInit;
+  if (s == "secondary") return Role::kSecondary;
+  if (s == "primary") return Role::kPrimary;
+  return std::nullopt;
+}
+
+Status check_role_change(Role from, Role to, const RoleContext& ctx) {
+  if (from == to) return Status::Ok();
+  if (to == Role::kSecondary && !ctx.secondary_available)
+    return Status::Error(ENOTSUP, "the secondary role is not available in this build (no replication yet)");
+  if (from == Role::kPrimary && ctx.nbd_clients > 0 && !ctx.force)
+    return Status::Error(EBUSY, std::to_string(ctx.nbd_clients) +
+                                    " NBD client(s) attached; detach them (umount, nbd-client -d) or use --force, "
+                                    "which finishes their in-flight requests and disconnects them");
+  return Status::Ok();
+}
+
+}  // namespace hastnbd
