@@ -461,7 +461,7 @@ awaitable<void> NbdServer::accept_unix(std::shared_ptr<asio::local::stream_proto
       co_await t.async_wait(use_nothrow);
       continue;
     }
-    start_connection(asio::generic::stream_protocol::socket(std::move(sock)), "unix socket");
+    serve_connection(asio::generic::stream_protocol::socket(std::move(sock)), "unix socket");
   }
 }
 
@@ -479,11 +479,11 @@ awaitable<void> NbdServer::accept_tcp(std::shared_ptr<asio::ip::tcp::acceptor> a
     sock.set_option(asio::ip::tcp::no_delay(true), ignored);
     auto ep = sock.remote_endpoint(ignored);
     std::string peer = "tcp " + ep.address().to_string() + ":" + std::to_string(ep.port());
-    start_connection(asio::generic::stream_protocol::socket(std::move(sock)), peer);
+    serve_connection(asio::generic::stream_protocol::socket(std::move(sock)), peer);
   }
 }
 
-void NbdServer::start_connection(asio::generic::stream_protocol::socket socket, std::string peer) {
+void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, std::string peer) {
   auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer), next_id_++);
   connections_.insert(conn);
   ++stats_.connections_total;

@@ -42,6 +42,10 @@ class NbdServer {
   // send their replies, then close them all.
   awaitable<void> shutdown();
 
+  // Serve one already-connected socket (also how tests and the fuzzer feed
+  // the server without a listener).
+  void serve_connection(asio::generic::stream_protocol::socket socket, std::string peer);
+
   size_t clients() const { return connections_.size(); }
   const NbdStats& stats() const { return stats_; }
   uint64_t requests_in_flight() const;
@@ -52,7 +56,6 @@ class NbdServer {
   friend class Connection;
   awaitable<void> accept_unix(std::shared_ptr<asio::local::stream_protocol::acceptor> acceptor);
   awaitable<void> accept_tcp(std::shared_ptr<asio::ip::tcp::acceptor> acceptor);
-  void start_connection(asio::generic::stream_protocol::socket socket, std::string peer);
 
   asio::io_context& io_;
   BufferPool& pool_;

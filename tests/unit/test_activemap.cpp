@@ -1,0 +1,111 @@
+#include <catch2/catch.hpp>
+
+#include "hastnbd/activemap.h"
+
+using namespace hastnbd;
+
+namespace {
+constexpr uint64_t kExt = 1 << 20;
+}
+
+TEST_CASE("extent ranges", "[activemap]") {
+  std::vector<uint8_t> bm(16);
+  ActiveMap m(bm, 100 * kExt + 512, kExt, 4);
+  CHECK(m.extents() == 101);
+  CHECK(m.extent_range(0, 1) == std::pair<uint64_t, uint64_t>{0, 0});
+  CHECK(m.extent_range(kExt - 1, 2) == std::pair<uint64_t, uint64_t>{0, 1});
+  CHECK(m.extent_range(100 * kExt, 512) == std::pair<uint64_t, uint64_t>{100, 100});
+}
+
+TEST_CASE("a write dirties its extents and asks for one bitmap sync", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 4);
+  uint64_t t1 = m.write_start(kExt - 512, 1024);  // extents 0 and 1
+  CHECK(t1 != 0);
+  CHECK(m.is_dirty(0));
+  CHECK(m.is_dirty(1));
+  CHECK(bm[0] == 0x03);
+  CHECK(m.dirty_count() == 2);
+  // A concurrent write to a bit set but not yet durable must wait too.
+  uint64_t t2 = m.write_start(0, 4096);
+  CHECK(t2 != 0);
+  CHECK(t2 <= t1);
+  uint64_t seq = m.change_seq();
+  m.mark_durable(seq);
+  CHECK(m.durable_seq() >= t1);
+  // Once durable, further writes to those extents need no sync.
+  CHECK(m.write_start(0, 4096) == 0);
+}
+
+TEST_CASE("degraded writes stay dirty whatever keepdirty says", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 2);
+  for (uint64_t e = 0; e < 10; ++e) {
+    m.write_start(e * kExt, 4096);
+    m.write_done(e * kExt, 4096, /*confirmed=*/false);
+  }
+  CHECK(m.dirty_count() == 10);
+  CHECK(m.keepdirty_size() == 2);
+  auto runs = m.dirty_runs();
+  REQUIRE(runs.size() == 1);
+  CHECK(runs[0] == std::pair<uint64_t, uint64_t>{0, 9});
+}
+
+TEST_CASE("confirmed writes keep only the keepdirty LRU dirty", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 3);
+  for (uint64_t e = 0; e < 10; ++e) {
+    m.write_start(e * kExt, 4096);
+    m.write_done(e * kExt, 4096, /*confirmed=*/true);
+  }
+  CHECK(m.dirty_count() == 3);
+  CHECK(m.is_dirty(7));
+  CHECK(m.is_dirty(8));
+  CHECK(m.is_dirty(9));
+  CHECK_FALSE(m.is_dirty(6));
+  // Touching an old member refreshes it: 7 survives the next insertion.
+  m.write_start(7 * kExt, 4096);
+  m.write_done(7 * kExt, 4096, true);
+  m.write_start(20 * kExt, 4096);
+  m.write_done(20 * kExt, 4096, true);
+  CHECK(m.is_dirty(7));
+  CHECK_FALSE(m.is_dirty(8));
+}
+
+TEST_CASE("an extent with a write in flight is never cleared", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 0);
+  m.write_start(0, 4096);          // in flight
+  m.write_start(kExt, 4096);       // evicts extent 0 from the (empty) LRU
+  CHECK(m.is_dirty(0));            // still in flight: stays
+  m.write_done(0, 4096, true);
+  CHECK_FALSE(m.is_dirty(0));      // now it may go
+  CHECK(m.is_dirty(1));
+  m.write_done(kExt, 4096, true);
+  CHECK(m.dirty_count() == 0);
+}
+
+TEST_CASE("bits dirty at load need a sync before they may clear", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  bm[0] = 0x81;  // extents 0 and 7 dirty from a previous run
+  ActiveMap m(bm, 64 * kExt, kExt, 0);
+  CHECK(m.dirty_count() == 2);
+  m.write_start(0, 4096);
+  m.write_done(0, 4096, true);
+  CHECK(m.is_dirty(0));  // still unknown whether the peer has the old writes
+  m.synced(0);
+  CHECK_FALSE(m.is_dirty(0));
+  m.synced(7);
+  CHECK(m.dirty_count() == 0);
+  CHECK(bm[0] == 0);
+}
+
+TEST_CASE("dirty runs on a raw bitmap", "[activemap]") {
+  std::vector<uint8_t> bm = {0b00000110, 0xff, 0x01, 0, 0x80};
+  auto runs = bitmap_dirty_runs(bm, 40);
+  REQUIRE(runs.size() == 3);
+  CHECK(runs[0] == std::pair<uint64_t, uint64_t>{1, 2});
+  CHECK(runs[1] == std::pair<uint64_t, uint64_t>{8, 16});
+  CHECK(runs[2] == std::pair<uint64_t, uint64_t>{39, 39});
+  CHECK(bitmap_dirty_runs(bm, 39).size() == 2);  // bits past the end are ignored
+}

@@ -1,0 +1,75 @@
+#include <catch2/catch.hpp>
+
+#include "hastnbd/range_lock.h"
+#include "hastnbd/role.h"
+
+using namespace hastnbd;
+
+TEST_CASE("role names", "[role]") {
+  CHECK(parse_role("primary") == Role::kPrimary);
+  CHECK(parse_role("secondary") == Role::kSecondary);
+  CHECK(parse_role("init") == Role::kInit);
+  CHECK_FALSE(parse_role("master").has_value());
+  CHECK(std::string(to_string(Role::kPrimary)) == "primary");
+}
+
+TEST_CASE("role changes", "[role]") {
+  RoleContext idle;
+  CHECK(check_role_change(Role::kInit, Role::kPrimary, idle).ok());
+  CHECK(check_role_change(Role::kPrimary, Role::kInit, idle).ok());
+  CHECK(check_role_change(Role::kPrimary, Role::kPrimary, RoleContext{3, false, false}).ok());
+  auto busy = check_role_change(Role::kPrimary, Role::kInit, RoleContext{2, false, false});
+  CHECK(busy.code() == EBUSY);
+  CHECK_THAT(busy.message(), Catch::Contains("2 NBD client(s)") && Catch::Contains("--force"));
+  CHECK(check_role_change(Role::kPrimary, Role::kInit, RoleContext{2, false, true}).ok());
+  CHECK(check_role_change(Role::kInit, Role::kSecondary, idle).code() == ENOTSUP);
+  CHECK(check_role_change(Role::kInit, Role::kSecondary, RoleContext{0, true, false}).ok());
+}
+
+namespace {
+
+// Runs `body` to completion on a fresh loop.
+template <class F>
+void run_loop(F body) {
+  asio::io_context io;
+  asio::co_spawn(io, body(io), asio::detached);
+  io.run();
+}
+
+}  // namespace
+
+TEST_CASE("range lock: shared holders coexist, exclusive waits, FIFO", "[rangelock]") {
+  std::vector<std::string> log;
+  run_loop([&](asio::io_context& io) -> awaitable<void> {
+    RangeLock lock(io.get_executor());
+    auto a = co_await lock.lock(0, 4096, false);
+    auto b = co_await lock.lock(0, 4096, false);  // shared + shared overlap: granted
+    CHECK(lock.size() == 2);
+    bool x_granted = false, late_shared = false;
+    asio::co_spawn(io, [&]() -> awaitable<void> {
+      auto x = co_await lock.lock(1024, 2048, true);
+      x_granted = true;
+      log.push_back("exclusive");
+    }, asio::detached);
+    asio::co_spawn(io, [&]() -> awaitable<void> {
+      // Arrives after the exclusive request and overlaps it: must queue behind.
+      auto s = co_await lock.lock(2000, 3000, false);
+      late_shared = true;
+      log.push_back("late shared");
+    }, asio::detached);
+    auto disjoint = co_await lock.lock(8192, 9000, true);  // no overlap: immediate
+    asio::steady_timer t(io, std::chrono::milliseconds(5));
+    co_await t.async_wait(use_nothrow);
+    CHECK_FALSE(x_granted);
+    CHECK_FALSE(late_shared);
+    a.release();
+    co_await t.async_wait(use_nothrow);
+    CHECK_FALSE(x_granted);
+    b.release();
+    t.expires_after(std::chrono::milliseconds(5));
+    co_await t.async_wait(use_nothrow);
+    CHECK(x_granted);
+    CHECK(late_shared);
+  });
+  CHECK(log == std::vector<std::string>{"exclusive", "late shared"});
+}
