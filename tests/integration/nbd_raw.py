@@ -596,6 +596,53 @@ def sc_abrupt_close(path, export):
     c.disconnect()
 
 
+def sc_rmw_race(path, export, blocks=16):
+    """Every 512-byte sector of several 4 KiB blocks written by its own
+    request, all in one pipelined burst, interleaved with aligned writes of
+    the neighbouring blocks. On a 4096-byte backend each sector write is a
+    read-modify-write of the same block: unless the server serialises them,
+    one undoes another and a sector reads back stale."""
+    c = connect(path, export)
+    base = 40 * MIB
+    if base + blocks * 2 * 4096 > c.size:
+        raise Fail(f"export of {c.size} bytes too small for this scenario")
+    c.write(base, bytes(blocks * 2 * 4096))
+    model = {}
+    wire = bytearray()
+    want = {}
+    for s in range(8):
+        for b in range(blocks):
+            off = base + b * 2 * 4096 + s * 512
+            data = pattern(f"rmw-{b}-{s}", 512)
+            model[off] = data
+            if s == 4:  # the aligned neighbour, mid-burst
+                noff = base + b * 2 * 4096 + 4096
+                ndata = pattern(f"rmw-n-{b}", 4096)
+                model[noff] = ndata
+                h = c.next_handle
+                c.next_handle += 1
+                c.inflight[h] = (CMD_WRITE, 4096)
+                want[h] = noff
+                wire += struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, h, noff, 4096) + ndata
+            h = c.next_handle
+            c.next_handle += 1
+            c.inflight[h] = (CMD_WRITE, 512)
+            want[h] = off
+            wire += struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, h, off, 512) + data
+    c.send(bytes(wire), f"{len(want)} pipelined sector WRITEs")
+    for _ in range(len(want)):
+        h, err, _ = c.reply()
+        if h not in want:
+            raise Fail(f"duplicate or unknown reply handle {h}")
+        if err:
+            raise Fail(f"WRITE at {want[h]} failed: {errname(err)}")
+        del want[h]
+    for off, data in sorted(model.items()):
+        if c.read(off, len(data)) != data:
+            raise Fail(f"{len(data)} bytes at {off} read back stale after concurrent sector writes")
+    c.disconnect()
+
+
 SCENARIOS = {
     "out-of-range": sc_out_of_range,
     "oversized": sc_oversized,
@@ -608,6 +655,7 @@ SCENARIOS = {
     "unaligned": sc_unaligned,
     "flush-fua": sc_flush_fua,
     "abrupt-close": sc_abrupt_close,
+    "rmw-race": sc_rmw_race,
 }
 
 
