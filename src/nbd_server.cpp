@@ -86,6 +86,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
 };
 
 awaitable<bool> NbdServer::Connection::read_exact(uint8_t* dst, size_t n) {
+  if (n == 0) co_return true;  // dst may be null (an empty option payload)
   size_t take = std::min(n, rtail_ - rhead_);
   std::memcpy(dst, rbuf_.data() + rhead_, take);
   rhead_ += take;
