@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `cmake --install` puts the binaries, the example config and the systemd unit
+# where an admin expects them, and the unit passes systemd-analyze verify.
+source "$(dirname "$0")/lib.sh"
+require_cmd cmake systemd-analyze
+build="$(dirname "$HASTNBD_BIN")"
+DESTDIR="$T/root" cmake --install "$build" >"$T/install.log" 2>&1 || { cat "$T/install.log" >&2; die "cmake --install failed"; }
+for f in usr/local/sbin/hastnbd usr/local/sbin/hastnbd-ctl etc/hastnbd/hastnbd.yaml lib/systemd/system/hastnbd@.service; do
+  [ -e "$T/root/$f" ] || die "install did not create /$f"
+done
+"$T/root/usr/local/sbin/hastnbd" --version | grep -q "^hastnbd " || die "installed hastnbd does not run"
+# The shipped example is a valid configuration for both of its nodes.
+for node in hosta hostb; do
+  "$T/root/usr/local/sbin/hastnbd-ctl" -c "$T/root/etc/hastnbd/hastnbd.yaml" --node "$node" list >"$T/list.out" \
+    || die "the installed example config does not load for $node"
+  grep -q "^data " "$T/list.out" || die "example config lists no resource 'data'"
+done
+# Verify the unit as an instance, with ExecStart pointing at the installed binary.
+sed "s|/usr/local/sbin/hastnbd|$T/root/usr/local/sbin/hastnbd|" "$T/root/lib/systemd/system/hastnbd@.service" \
+  >"$T/hastnbd@.service"
+ln -s "$T/hastnbd@.service" "$T/hastnbd@data.service"
+systemd-analyze verify "$T/hastnbd@data.service" >"$T/verify.log" 2>&1 || { cat "$T/verify.log" >&2; die "systemd-analyze verify failed"; }
+[ ! -s "$T/verify.log" ] || { cat "$T/verify.log" >&2; die "systemd-analyze verify complained"; }
+log "t_install: binaries, example config and unit installed and valid"
