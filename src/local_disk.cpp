@@ -192,8 +192,11 @@ awaitable<Status> LocalDisk::trim(uint64_t offset, uint64_t length) {
   uint64_t end = (offset + length) & ~mask;
   if (end <= start) co_return Status::Ok();
   auto guard = co_await lock_.lock(start, end, /*exclusive=*/false);
+  // A hole in a file, or on a device an unmapping write-zeroes (the kernel's
+  // fallocate on a block device): afterwards the range reads as zeroes on
+  // every replica alike. A device that cannot do that has simply kept the
+  // data: TRIM is advisory.
   int rc = co_await uring_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start);
-  // Discard is advisory: a device that cannot do it has simply kept the data.
   if (rc < 0 && rc != -EOPNOTSUPP && rc != -EINVAL)
     co_return io_error("discard on", start, end - start, -rc);
   co_return Status::Ok();
