@@ -89,6 +89,15 @@ void ActiveMap::maybe_clear(uint64_t e) {
   state_.erase(it);
 }
 
+bool ActiveMap::peer_has(uint64_t offset, uint64_t length) const {
+  auto [first, last] = extent_range(offset, length);
+  for (uint64_t e = first; e <= last; ++e) {
+    auto it = state_.find(e);
+    if (it != state_.end() && it->second.needs_sync) return false;
+  }
+  return true;
+}
+
 void ActiveMap::mark_durable(uint64_t seq) {
   durable_seq_ = std::max(durable_seq_, seq);
   std::erase_if(pending_, [&](const auto& kv) { return kv.second <= seq; });

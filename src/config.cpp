@@ -624,6 +624,9 @@ ResourceEntry walk_resource(const Item& res, const std::string& name, const Item
     entry.node_list.push_back({node_name, std::move(c)});
   });
   if (entry.node_list.empty()) fail(*nodes, "no nodes; add one section per node");
+  if (entry.node_list.size() > 2)
+    fail(*nodes, "has " + std::to_string(entry.node_list.size()) +
+                     " nodes; a resource is replicated between exactly two (a primary and a secondary)");
   return entry;
 }
 
@@ -749,9 +752,13 @@ ResourceConfig select(const ParsedFile& f, std::string_view file, std::string_vi
   const std::string want = node.empty() ? default_node_name() : std::string(node);
   std::vector<std::string> names;
   for (const NodeEntry& n : r->node_list) {
-    if (n.name == want) return n.c.cfg;
-    names.push_back(n.name);
+    if (n.name != want) continue;
+    ResourceConfig cfg = n.c.cfg;
+    for (const NodeEntry& other : r->node_list)
+      if (other.name != want) cfg.peer_node = other.name;
+    return cfg;
   }
+  for (const NodeEntry& n : r->node_list) names.push_back(n.name);
   fail_key(file, r->nodes.line, r->nodes.key,
            "no section for node " + quote(want) + " (nodes: " + join(names) + "); use --node NAME", ENOENT);
 }

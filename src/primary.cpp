@@ -2,13 +2,36 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
+
 namespace hastnbd {
 
 Primary::Primary(asio::io_context& io, LocalDisk& disk, MetadataFile& meta, ActiveMap& map, Uring& uring,
-                 bool metaflush)
-    : disk_(disk), meta_(meta), map_(map), uring_(uring), metaflush_(metaflush), changed_(io.get_executor()) {}
+                 const ResourceConfig& config, Replicator* replicator)
+    : io_(io),
+      disk_(disk),
+      meta_(meta),
+      map_(map),
+      uring_(uring),
+      config_(config),
+      replicator_(replicator),
+      changed_(io.get_executor()) {}
 
-awaitable<Status> Primary::read(uint64_t offset, Buffer& out) { return disk_.read(offset, out); }
+awaitable<Status> Primary::read(uint64_t offset, Buffer& out) {
+  Status s = co_await disk_.read(offset, out);
+  if (s.ok() || !replicator_ || !replicator_->connected() || !map_.peer_has(offset, out.size())) co_return s;
+  auto rec = co_await replicator_->remote_read(offset, uint32_t(out.size()));
+  if (!rec) co_return s;
+  co_await rec->settled.wait();
+  if (!rec->ok) {
+    spdlog::error("local read failed ({}) and so did the secondary: {}", s.message(), rec->error);
+    co_return s;
+  }
+  std::memcpy(out.data(), rec->data.data(), out.size());
+  ++stats_.remote_reads;
+  spdlog::warn("{}; served from the secondary", s.message());
+  co_return Status::Ok();
+}
 
 // Coalescing bitmap sync: one fdatasync at a time covers every bit set before
 // it started; writers wait for the first sync whose start saw their bits.
@@ -30,9 +53,9 @@ awaitable<Status> Primary::bitmap_durable(uint64_t ticket) {
   co_return Status::Ok();
 }
 
-// Without a secondary, the first write of this period starts a new data
-// generation; it must be on disk before the write is, so that after a crash
-// the peers can tell this node wrote alone.
+// The first write of a degraded period starts a new data generation; it must
+// be on disk before the write completes, so that after a crash the peers can
+// tell this node wrote alone.
 awaitable<Status> Primary::generation_started() {
   while (!generation_bumped_) {
     if (generation_bump_running_) {
@@ -49,49 +72,93 @@ awaitable<Status> Primary::generation_started() {
     if (!s.ok()) co_return s;
     generation_bumped_ = true;
     ++stats_.generation_bumps;
-    spdlog::info("metadata: degraded write: localcnt now {} (remotecnt {})", h.localcnt, h.remotecnt);
+    spdlog::info("metadata: writing without the secondary: localcnt now {} (remotecnt {})", h.localcnt, h.remotecnt);
   }
   co_return Status::Ok();
 }
 
+void Primary::write_finished(uint64_t offset, uint64_t length, bool confirmed) {
+  if (!confirmed) ++stats_.degraded_writes;
+  map_.write_done(offset, length, confirmed);
+  --stats_.writes_in_flight;
+  changed_.notify_all();
+}
+
 template <class Op>
-awaitable<Status> Primary::modify(uint64_t offset, uint64_t length, bool fua, Op op) {
+awaitable<Status> Primary::modify(uint8_t record_type, uint16_t record_flags, uint64_t offset, uint64_t length,
+                                  bool fua, std::span<const uint8_t> data, Op local_op) {
   uint64_t ticket = map_.write_start(offset, length);
   ++stats_.writes_in_flight;
   Status s;
-  if (ticket != 0) {
-    // With metaflush off the bits still reach disk, only without ordering.
-    if (metaflush_) s = co_await bitmap_durable(ticket);
+  // With metaflush off the bits still reach disk, only without ordering.
+  if (ticket != 0 && config_.metaflush) s = co_await bitmap_durable(ticket);
+  std::shared_ptr<Record> rec;
+  if (s.ok() && replicator_) {
+    uint16_t flags = record_flags | (fua && config_.replication != Replication::kAsync ? peer::kFlagFua : 0);
+    rec = co_await replicator_->submit(record_type, flags, offset, uint32_t(length), data);
   }
-  if (s.ok() && !generation_bumped_) s = co_await generation_started();
-  if (s.ok()) s = co_await op();
+  if (s.ok() && !rec && !generation_bumped_) s = co_await generation_started();
+  if (s.ok()) s = co_await local_op();  // the record is on its way meanwhile
   if (s.ok() && fua) s = co_await disk_.flush();
-  map_.write_done(offset, length, /*confirmed=*/false);
-  --stats_.writes_in_flight;
-  changed_.notify_all();
+  if (rec) {
+    switch (config_.replication) {
+      case Replication::kFullsync:
+        co_await rec->settled.wait();
+        break;
+      case Replication::kMemsync:
+        co_await (fua ? rec->settled : rec->received).wait();
+        break;
+      case Replication::kAsync:
+        break;
+    }
+    if (rec->settled.is_set() && !rec->ok && !generation_bumped_) {
+      Status g = co_await generation_started();
+      if (s.ok()) s = g;
+    }
+    if (!rec->settled.is_set()) {
+      // Answered before the secondary confirmed: the extent stays in flight
+      // (and dirty) until it does.
+      asio::co_spawn(io_, settle(rec, offset, length, s.ok()), asio::detached);
+      co_return s;
+    }
+  }
+  write_finished(offset, length, s.ok() && rec && rec->ok);
   co_return s;
 }
 
+awaitable<void> Primary::settle(std::shared_ptr<Record> rec, uint64_t offset, uint64_t length, bool local_ok) {
+  co_await rec->settled.wait();
+  write_finished(offset, length, local_ok && rec->ok);
+}
+
 awaitable<Status> Primary::write(uint64_t offset, const Buffer& data, bool fua) {
-  co_return co_await modify(offset, data.size(), fua, [&] { return disk_.write(offset, data); });
+  co_return co_await modify(peer::kWrite, 0, offset, data.size(), fua, data.span(),
+                            [&] { return disk_.write(offset, data); });
 }
 
 awaitable<Status> Primary::trim(uint64_t offset, uint64_t length, bool fua) {
-  co_return co_await modify(offset, length, fua, [&] { return disk_.trim(offset, length); });
+  co_return co_await modify(peer::kTrim, 0, offset, length, fua, {}, [&] { return disk_.trim(offset, length); });
 }
 
 awaitable<Status> Primary::write_zeroes(uint64_t offset, uint64_t length, bool may_unmap, bool fua) {
-  co_return co_await modify(offset, length, fua, [&] { return disk_.write_zeroes(offset, length, may_unmap); });
+  co_return co_await modify(peer::kWriteZeroes, may_unmap ? 0 : peer::kFlagNoHole, offset, length, fua, {},
+                            [&] { return disk_.write_zeroes(offset, length, may_unmap); });
 }
 
 awaitable<Status> Primary::flush() {
+  // The secondary flushes too where the mode promises durability there.
+  std::shared_ptr<Record> rec;
+  if (replicator_ && config_.replication != Replication::kAsync) rec = co_await replicator_->submit(peer::kFlush, 0, 0, 0);
   Status s = co_await disk_.flush();
-  if (s.ok() && !metaflush_) {
+  if (s.ok() && !config_.metaflush) {
     // Without metaflush the bitmap is only ordered by FLUSH: sync it too.
     uint64_t target = map_.change_seq();
     s = co_await meta_.sync_bitmap(uring_);
     if (s.ok()) map_.mark_durable(target);
   }
+  // A secondary that fails or vanishes here leaves the writes it missed
+  // dirty; the flush itself succeeded locally.
+  if (rec) co_await rec->settled.wait();
   co_return s;
 }
 

@@ -10,8 +10,15 @@ bool RangeLock::can_grant(std::list<Entry>::iterator it) const {
   return true;
 }
 
+RangeLock::Ticket RangeLock::reserve(uint64_t start, uint64_t end, bool exclusive) {
+  return entries_.insert(entries_.end(), Entry{start, end, exclusive, false});
+}
+
 awaitable<RangeLock::Guard> RangeLock::lock(uint64_t start, uint64_t end, bool exclusive) {
-  auto it = entries_.insert(entries_.end(), Entry{start, end, exclusive, false});
+  return acquire(reserve(start, end, exclusive));
+}
+
+awaitable<RangeLock::Guard> RangeLock::acquire(Ticket it) {
   if (!can_grant(it)) {
     ++waiting_;
     do {

@@ -62,7 +62,14 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   }
   const MetaHeader& h = r->meta_->header();
   r->map_ = std::make_unique<ActiveMap>(r->meta_->bitmap(), h.data_size, h.extent_size, c.keepdirty);
-  r->primary_ = std::make_unique<Primary>(io, *r->disk_, *r->meta_, *r->map_, *r->uring_, c.metaflush);
+  if (c.remote) {
+    r->replicator_ = std::make_unique<Replicator>(io, r->pool_, c, [raw = r.get()] { return raw->hello(); });
+  }
+  if (c.listen) {
+    r->secondary_ = std::make_unique<Secondary>(io, r->pool_, c, *r->disk_, [raw = r.get()] { return raw->hello(); });
+  }
+  r->primary_ = std::make_unique<Primary>(io, *r->disk_, *r->meta_, *r->map_, *r->uring_, c, r->replicator_.get());
+  if (r->replicator_) r->replicator_->on_connected = [raw = r.get()] { raw->primary_->peer_connected(); };
   r->nbd_ = std::make_unique<NbdServer>(io, r->pool_, *r->primary_, c.name);
   r->started_ = r->role_since_ = std::chrono::system_clock::now();
   spdlog::info("resource {}: node {}, local {} ({} bytes, O_DIRECT block {}), metadata {} (uuid {}, localcnt {}, "
@@ -100,14 +107,16 @@ awaitable<json> Resource::handle_command(const json& request) {
 awaitable<Status> Resource::change_role(Role to, bool force) {
   if (shutting_down_) co_return Status::Error(ESHUTDOWN, "hastnbd is shutting down");
   if (changing_role_) co_return Status::Error(EBUSY, "a role change is already in progress");
-  RoleContext ctx{nbd_->clients(), /*secondary_available=*/false, force};
+  RoleContext ctx{nbd_->clients(), /*secondary_available=*/secondary_ != nullptr, force};
   if (Status s = check_role_change(role_, to, ctx); !s.ok()) co_return s;
   if (to == role_) co_return Status::Ok();
   changing_role_ = true;
   Role from = role_;
   if (from == Role::kPrimary) co_await leave_primary();
+  if (from == Role::kSecondary) co_await secondary_->stop();
   Status s;
   if (to == Role::kPrimary) s = become_primary();
+  if (to == Role::kSecondary) s = secondary_->start();
   changing_role_ = false;
   if (!s.ok()) {
     role_ = Role::kInit;
@@ -130,6 +139,7 @@ Status Resource::become_primary() {
       return s;
     }
   }
+  if (replicator_) replicator_->start();
   return Status::Ok();
 }
 
@@ -138,6 +148,33 @@ awaitable<void> Resource::leave_primary() {
   co_await primary_->drain();
   Status s = co_await primary_->flush();
   if (!s.ok()) spdlog::error("resource {}: flush on leaving primary: {}", config_.name, s.message());
+  if (replicator_) co_await replicator_->stop();
+}
+
+peer::Hello Resource::hello() const {
+  const MetaHeader& h = meta_->header();
+  peer::Hello hello;
+  hello.resource = config_.name;
+  hello.node = config_.node;
+  hello.role = uint8_t(role_);
+  hello.data_size = h.data_size;
+  hello.extent_size = h.extent_size;
+  hello.uuid = h.uuid;
+  hello.localcnt = h.localcnt;
+  hello.remotecnt = h.remotecnt;
+  hello.meta_flags = h.flags;
+  auto bm = meta_->bitmap();
+  hello.dirty_map.assign(bm.begin(), bm.begin() + long((h.extents() + 7) / 8));
+  return hello;
+}
+
+json Resource::peer_status() const {
+  if (role_ == Role::kPrimary && replicator_) return replicator_->status();
+  if (role_ == Role::kSecondary && secondary_) return secondary_->status();
+  json p = {{"state", (replicator_ || secondary_) ? "disconnected" : "standalone"},
+            {"node", config_.peer_node},
+            {"remote", config_.remote ? config_.remote->to_string() : ""}};
+  return p;
 }
 
 awaitable<void> Resource::shutdown() {
@@ -147,6 +184,8 @@ awaitable<void> Resource::shutdown() {
   if (control_) control_->close();
   co_await nbd_->shutdown();
   co_await primary_->drain();
+  if (replicator_) co_await replicator_->stop();
+  if (secondary_ && role_ == Role::kSecondary) co_await secondary_->stop();
   if (Status s = co_await disk_->flush(); !s.ok()) spdlog::error("shutdown: {}", s.message());
   if (Status s = co_await meta_->sync_bitmap(*uring_); !s.ok()) spdlog::error("shutdown: {}", s.message());
   spdlog::info("resource {}: stopped cleanly; {} dirty extents", config_.name, map_->dirty_count());
@@ -165,10 +204,7 @@ json Resource::status() const {
   s["role_since"] = iso_time(role_since_);
   s["started"] = iso_time(started_);
   s["replication"] = to_string(config_.replication);
-  s["peer"] = {
-      {"remote", config_.remote ? config_.remote->to_string() : ""},
-      {"state", config_.remote ? "disconnected" : "standalone"},
-  };
+  s["peer"] = peer_status();
   s["local"] = {{"path", disk_->path()},
                 {"size", disk_->size()},
                 {"block_size", disk_->block_size()},
@@ -192,6 +228,13 @@ json Resource::status() const {
               {"bytes_written", ns.bytes_written},
               {"errors", ns.errors}};
   s["metaflush"] = {{"enabled", config_.metaflush}, {"bitmap_syncs", primary_->stats().bitmap_syncs}};
+  const PrimaryStats& ps = primary_->stats();
+  s["writes"] = {{"in_flight", ps.writes_in_flight},
+                 {"degraded", ps.degraded_writes},
+                 {"generation_bumps", ps.generation_bumps},
+                 {"remote_reads", ps.remote_reads}};
+  s["compression"] = to_string(config_.compression);
+  s["checksum"] = to_string(config_.checksum);
   return s;
 }
 

@@ -49,6 +49,10 @@ class ActiveMap {
   // Mark an extent as needing sync (e.g. dirty in the peer's map).
   void mark_needs_sync(uint64_t extent);
 
+  // Whether the secondary holds every completed write to these extents (no
+  // unconfirmed write, nothing dirty from before): it may serve their reads.
+  bool peer_has(uint64_t offset, uint64_t length) const;
+
   bool is_dirty(uint64_t extent) const { return (bitmap_[extent >> 3] >> (extent & 7)) & 1; }
   uint64_t dirty_count() const { return dirty_count_; }
   // Dirty extents as [first, last] runs.

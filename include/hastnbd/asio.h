@@ -29,3 +29,32 @@ class AsyncCondition {
 };
 
 }  // namespace hastnbd
+
+namespace hastnbd {
+
+// A latch for coroutines: wait() returns once set() was called (immediately if
+// it already was). Cheaper than AsyncCondition for one-shot events with few
+// waiters: no timer, handlers are posted straight to the loop.
+class Latch {
+ public:
+  explicit Latch(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+  bool is_set() const { return set_; }
+  void set() {
+    if (set_) return;
+    set_ = true;
+    auto waiters = std::move(waiters_);
+    for (auto& h : waiters) asio::post(ex_, std::move(h));
+  }
+  awaitable<void> wait() {
+    if (set_) co_return;
+    co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(
+        [this](auto handler) { waiters_.emplace_back(std::move(handler)); }, asio::use_awaitable);
+  }
+
+ private:
+  asio::any_io_executor ex_;
+  bool set_ = false;
+  std::vector<asio::any_completion_handler<void()>> waiters_;
+};
+
+}  // namespace hastnbd

@@ -55,6 +55,7 @@ struct ResourceConfig {
   std::string config_path;  // the file it came from
   std::string name;         // resource name; also the NBD export name
   std::string node;         // this node's name
+  std::string peer_node;    // the other node's name; empty for a single-node resource
 
   Replication replication = Replication::kFullsync;
   Compression compression = Compression::kLz4;

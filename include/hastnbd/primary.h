@@ -1,18 +1,24 @@
-// The primary's I/O path (GUIDE §3, write path). Until replication lands this
-// node has no secondary, so it runs degraded: writes complete locally, their
-// extents stay dirty, and the first write of a degraded period bumps localcnt
-// durably before any data is written.
+// The primary's I/O path (GUIDE §3, write path).
 //
-// Order per write: extents dirty in the activemap -> bitmap durable if a bit
-// changed (metaflush) -> generation bumped if needed -> local O_DIRECT write
-// -> FUA flush if asked -> activemap told the write ended.
-// Loop thread only; disk, metadata and activemap outlive it.
+// Per modifying request: extents dirty in the activemap -> bitmap durable if
+// a bit changed (metaflush) -> the record goes to the secondary (if the link
+// is up) while the local O_DIRECT write runs -> the client is answered at the
+// mode's ack point (fullsync: secondary wrote it; memsync: secondary received
+// it; async: local write done) -> once the secondary confirmed (or failed),
+// the activemap is told, which is when a bit may clear.
+// Without a secondary the node runs degraded: writes complete locally, their
+// extents stay dirty, and the first write of each degraded period bumps
+// localcnt durably before it completes. A failed local read is retried on the
+// secondary when it holds good data for the range.
+// Loop thread only; disk, metadata, activemap and replicator outlive it.
 #pragma once
 
 #include "hastnbd/activemap.h"
 #include "hastnbd/block_backend.h"
+#include "hastnbd/config.h"
 #include "hastnbd/local_disk.h"
 #include "hastnbd/metadata.h"
+#include "hastnbd/replicator.h"
 #include "hastnbd/uring.h"
 
 namespace hastnbd {
@@ -20,12 +26,16 @@ namespace hastnbd {
 struct PrimaryStats {
   uint64_t bitmap_syncs = 0;
   uint64_t generation_bumps = 0;
-  uint64_t writes_in_flight = 0;
+  uint64_t writes_in_flight = 0;    // until settled on the secondary too
+  uint64_t degraded_writes = 0;     // completed without the secondary's confirmation
+  uint64_t remote_reads = 0;        // local read errors served by the secondary
 };
 
 class Primary : public BlockBackend {
  public:
-  Primary(asio::io_context& io, LocalDisk& disk, MetadataFile& meta, ActiveMap& map, Uring& uring, bool metaflush);
+  // `replicator` may be null: a resource without a peer.
+  Primary(asio::io_context& io, LocalDisk& disk, MetadataFile& meta, ActiveMap& map, Uring& uring,
+          const ResourceConfig& config, Replicator* replicator);
 
   uint64_t size() const override { return disk_.size(); }
   awaitable<Status> read(uint64_t offset, Buffer& out) override;
@@ -34,22 +44,28 @@ class Primary : public BlockBackend {
   awaitable<Status> trim(uint64_t offset, uint64_t length, bool fua) override;
   awaitable<Status> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap, bool fua) override;
 
-  // Wait until no write is in flight (role change, shutdown).
+  // The link came up: the next write without it starts a new generation.
+  void peer_connected() { generation_bumped_ = false; }
+  // Wait until no write is in flight, settlements on the secondary included.
   awaitable<void> drain();
   const PrimaryStats& stats() const { return stats_; }
 
  private:
-  // Everything a modifying request does around its local operation.
   template <class Op>
-  awaitable<Status> modify(uint64_t offset, uint64_t length, bool fua, Op op);
+  awaitable<Status> modify(uint8_t record_type, uint16_t record_flags, uint64_t offset, uint64_t length, bool fua,
+                           std::span<const uint8_t> data, Op local_op);
+  awaitable<void> settle(std::shared_ptr<Record> rec, uint64_t offset, uint64_t length, bool local_ok);
   awaitable<Status> bitmap_durable(uint64_t ticket);
   awaitable<Status> generation_started();
+  void write_finished(uint64_t offset, uint64_t length, bool confirmed);
 
+  asio::io_context& io_;
   LocalDisk& disk_;
   MetadataFile& meta_;
   ActiveMap& map_;
   Uring& uring_;
-  bool metaflush_;
+  const ResourceConfig& config_;
+  Replicator* replicator_;
   bool bitmap_sync_running_ = false;
   bool generation_bumped_ = false;
   bool generation_bump_running_ = false;

@@ -53,6 +53,12 @@ class RangeLock {
   explicit RangeLock(const asio::any_io_executor& ex) : changed_(ex) {}
 
   awaitable<Guard> lock(uint64_t start, uint64_t end, bool exclusive);
+  // Two steps, for callers that must fix their place in the FIFO now (in
+  // arrival order) but wait later: reserve() queues synchronously, acquire()
+  // waits for the grant. Every reserved ticket must be acquired.
+  using Ticket = std::list<Entry>::iterator;
+  Ticket reserve(uint64_t start, uint64_t end, bool exclusive);
+  awaitable<Guard> acquire(Ticket ticket);
   size_t size() const { return entries_.size(); }  // held + waiting
 
  private:

@@ -19,7 +19,9 @@
 #include "hastnbd/metadata.h"
 #include "hastnbd/nbd_server.h"
 #include "hastnbd/primary.h"
+#include "hastnbd/replicator.h"
 #include "hastnbd/role.h"
+#include "hastnbd/secondary.h"
 #include "hastnbd/uring.h"
 
 namespace hastnbd {
@@ -41,6 +43,8 @@ class Resource {
   awaitable<Status> change_role(Role to, bool force);
   Status become_primary();
   awaitable<void> leave_primary();
+  peer::Hello hello() const;
+  json peer_status() const;
 
   asio::io_context& io_;
   ResourceConfig config_;
@@ -49,6 +53,8 @@ class Resource {
   std::unique_ptr<MetadataFile> meta_;
   std::unique_ptr<LocalDisk> disk_;
   std::unique_ptr<ActiveMap> map_;
+  std::unique_ptr<Replicator> replicator_;  // when the node has a `remote`
+  std::unique_ptr<Secondary> secondary_;    // when the node has a `listen`
   std::unique_ptr<Primary> primary_;
   std::unique_ptr<NbdServer> nbd_;
   std::unique_ptr<ControlServer> control_;

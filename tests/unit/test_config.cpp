@@ -889,3 +889,28 @@ TEST_CASE("config: the shipped example file", "[config]") {
   REQUIRE(sized.ok());
   CHECK(*sized->size == 100ull << 30);
 }
+
+TEST_CASE("the peer node is the other section; more than two nodes are refused", "[config]") {
+  const char* two = R"(resources:
+  data:
+    nodes:
+      a: {local: /dev/vdb, listen: "127.0.0.1:8457", remote: "127.0.0.1:8458"}
+      b: {local: /dev/vdc, listen: "127.0.0.1:8458", remote: "127.0.0.1:8457"}
+)";
+  auto a = hastnbd::parse_resource_config(two, "t.yaml", "data", "a");
+  REQUIRE(a.ok());
+  CHECK(a->peer_node == "b");
+  CHECK(hastnbd::parse_resource_config(two, "t.yaml", "data", "b")->peer_node == "a");
+  const char* one = "resources:\n  data:\n    nodes:\n      a: {local: /dev/vdb}\n";
+  CHECK(hastnbd::parse_resource_config(one, "t.yaml", "data", "a")->peer_node.empty());
+  const char* three = R"(resources:
+  data:
+    nodes:
+      a: {local: /dev/vdb}
+      b: {local: /dev/vdb}
+      c: {local: /dev/vdb}
+)";
+  auto r = hastnbd::parse_resource_config(three, "t.yaml", "data", "a");
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("t.yaml:3: resources.data.nodes: has 3 nodes"));
+}

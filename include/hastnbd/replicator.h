@@ -1,0 +1,99 @@
+// The primary's side of replication: the link to the secondary (connect with
+// backoff, handshake, reader of acknowledgements) and the records in flight.
+//
+// The write path (Primary) submits a Record per modifying request and waits on
+// it as its replication mode says: `received` (memsync), `settled` (written or
+// failed: fullsync, and every mode before an extent may be cleared). When the
+// link drops, every pending record settles as failed at once, so no client
+// request ever waits for a dead peer. Loop thread only.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "hastnbd/asio.h"
+#include "hastnbd/buffer.h"
+#include "hastnbd/config.h"
+#include "hastnbd/metadata.h"
+#include "hastnbd/peer_link.h"
+#include "hastnbd/peer_proto.h"
+
+namespace hastnbd {
+
+class ActiveMap;
+
+enum class PeerState { kStandalone, kDisconnected, kConnecting, kConnected };
+const char* to_string(PeerState s);
+
+struct Record {
+  explicit Record(asio::any_io_executor ex) : received(ex), settled(ex) {}
+  uint64_t seq = 0;
+  uint64_t cost = 0;      // bytes counted against max_inflight
+  Latch received;         // the secondary has the record (memsync ack point)
+  Latch settled;          // written on the secondary, or failed
+  bool ok = false;        // settled by kWritten (or kReadReply)
+  std::string error;      // why it failed
+  Buffer data;            // kRead: the data read from the secondary
+};
+
+class Replicator {
+ public:
+  // `hello` supplies what we tell the peer about ourselves at each connect.
+  Replicator(asio::io_context& io, BufferPool& pool, const ResourceConfig& config,
+             std::function<peer::Hello()> hello);
+  ~Replicator();
+
+  void start();            // connect and keep connected until stop()
+  awaitable<void> stop();  // drop the link (pending records fail), stop reconnecting
+
+  PeerState state() const { return state_; }
+  bool connected() const { return state_ == PeerState::kConnected; }
+
+  // Sends one record, or returns nullptr when not connected. Waits while
+  // max_inflight bytes are already unacknowledged, so memory stays bounded.
+  awaitable<std::shared_ptr<Record>> submit(uint8_t type, uint16_t flags, uint64_t offset, uint32_t length,
+                                            std::span<const uint8_t> data = {});
+  // Reads [offset, offset+length) from the secondary; nullptr if not connected.
+  awaitable<std::shared_ptr<Record>> remote_read(uint64_t offset, uint32_t length);
+
+  // Called (on the loop) each time a link comes up and each time it goes down.
+  std::function<void()> on_connected;
+  std::function<void(const std::string& reason)> on_disconnected;
+
+  nlohmann::json status() const;
+  uint64_t inflight_bytes() const { return inflight_bytes_; }
+
+ private:
+  awaitable<void> run(uint64_t run_id);
+  awaitable<Status> handshake(std::shared_ptr<PeerConnection> conn);
+  awaitable<void> read_acks(std::shared_ptr<PeerConnection> conn);
+  void fail_pending(const std::string& why);
+  void settle(uint64_t seq, bool ok, const std::string& error);
+  void set_state(PeerState s);
+
+  asio::io_context& io_;
+  BufferPool& pool_;
+  const ResourceConfig& config_;
+  std::function<peer::Hello()> hello_;
+  PeerState state_ = PeerState::kDisconnected;
+  std::chrono::system_clock::time_point state_since_;
+  std::string last_error_;
+  std::shared_ptr<PeerConnection> conn_;
+  std::unordered_map<uint64_t, std::shared_ptr<Record>> pending_;
+  uint64_t next_seq_ = 1;
+  uint64_t inflight_bytes_ = 0;
+  uint64_t queued_records_ = 0;
+  PeerStats totals_;  // of closed connections
+  uint64_t connects_ = 0;
+  bool running_ = false;
+  uint64_t run_id_ = 0;  // a role change restarts the loop; the old one notices and ends
+  AsyncCondition changed_;
+  asio::steady_timer backoff_timer_;
+  std::string peer_name_;
+};
+
+}  // namespace hastnbd

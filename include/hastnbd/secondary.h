@@ -1,0 +1,68 @@
+// The secondary's side of replication: listens on its node's `listen`
+// address, accepts only its configured peer, checks the handshake, and
+// applies the primary's records to the local disk asynchronously — in
+// arrival order wherever they overlap (a FIFO range lock per record; a FLUSH
+// is a barrier over the whole device) — acknowledging each as asked.
+// A newer valid connection from the primary replaces an older one.
+// Never serves NBD. Loop thread only.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "hastnbd/asio.h"
+#include "hastnbd/buffer.h"
+#include "hastnbd/config.h"
+#include "hastnbd/local_disk.h"
+#include "hastnbd/peer_link.h"
+#include "hastnbd/range_lock.h"
+#include "hastnbd/replicator.h"
+
+namespace hastnbd {
+
+class Secondary {
+ public:
+  Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
+            std::function<peer::Hello()> hello);
+  ~Secondary();
+
+  Status start();          // bind the listener
+  awaitable<void> stop();  // close listener and link; wait for records being applied
+
+  PeerState state() const { return conn_ && conn_->is_open() ? PeerState::kConnected : PeerState::kDisconnected; }
+  nlohmann::json status() const;
+
+  std::function<void()> on_connected;
+  std::function<void(const std::string& reason)> on_disconnected;
+
+ private:
+  awaitable<void> accept_loop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor);
+  awaitable<bool> from_configured_peer(const asio::ip::tcp::socket& socket);
+  awaitable<void> serve(asio::ip::tcp::socket socket, std::string peer);
+  awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
+  awaitable<void> read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h);
+  void reply(PeerConnection& conn, uint8_t type, uint64_t seq);
+  void reply_error(PeerConnection& conn, uint64_t seq, const Status& s);
+
+  asio::io_context& io_;
+  BufferPool& pool_;
+  const ResourceConfig& config_;
+  LocalDisk& disk_;
+  std::function<peer::Hello()> hello_;
+  std::shared_ptr<asio::ip::tcp::acceptor> acceptor_;
+  std::shared_ptr<PeerConnection> conn_;
+  RangeLock order_;
+  uint64_t applying_ = 0;
+  AsyncCondition changed_;
+  std::chrono::system_clock::time_point since_;
+  std::string last_error_;
+  PeerStats totals_;
+  uint64_t records_applied_ = 0;
+  uint64_t apply_errors_ = 0;
+  uint64_t refused_ = 0;
+  uint64_t connects_ = 0;
+};
+
+}  // namespace hastnbd

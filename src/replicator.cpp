@@ -1,0 +1,280 @@
+#include "hastnbd/replicator.h"
+
+#include <spdlog/spdlog.h>
+
+#include "hastnbd/role.h"
+
+namespace hastnbd {
+
+namespace {
+constexpr auto kFirstBackoff = std::chrono::seconds(1);
+constexpr auto kMaxBackoff = std::chrono::seconds(10);
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+  return buf;
+}
+}  // namespace
+
+const char* to_string(PeerState s) {
+  switch (s) {
+    case PeerState::kStandalone: return "standalone";
+    case PeerState::kDisconnected: return "disconnected";
+    case PeerState::kConnecting: return "connecting";
+    case PeerState::kConnected: return "connected";
+  }
+  return "?";
+}
+
+Replicator::Replicator(asio::io_context& io, BufferPool& pool, const ResourceConfig& config,
+                       std::function<peer::Hello()> hello)
+    : io_(io),
+      pool_(pool),
+      config_(config),
+      hello_(std::move(hello)),
+      state_since_(std::chrono::system_clock::now()),
+      changed_(io.get_executor()),
+      backoff_timer_(io),
+      peer_name_(config.peer_node.empty() ? "peer" : config.peer_node) {}
+
+Replicator::~Replicator() {
+  if (conn_) conn_->close("shutting down");
+}
+
+void Replicator::set_state(PeerState s) {
+  if (s == state_) return;
+  state_ = s;
+  state_since_ = std::chrono::system_clock::now();
+  changed_.notify_all();
+}
+
+void Replicator::start() {
+  if (running_) return;
+  running_ = true;
+  asio::co_spawn(io_, run(++run_id_), asio::detached);
+}
+
+awaitable<void> Replicator::stop() {
+  running_ = false;
+  ++run_id_;
+  backoff_timer_.cancel();
+  if (conn_) {
+    co_await conn_->drain_sends();
+    conn_->close("this node left the primary role");
+  }
+  fail_pending("replication stopped");
+  set_state(PeerState::kDisconnected);
+}
+
+void Replicator::fail_pending(const std::string& why) {
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [seq, rec] : pending) {
+    rec->ok = false;
+    rec->error = why;
+    rec->received.set();
+    rec->settled.set();
+  }
+  inflight_bytes_ = 0;
+  changed_.notify_all();
+}
+
+void Replicator::settle(uint64_t seq, bool ok, const std::string& error) {
+  auto it = pending_.find(seq);
+  if (it == pending_.end()) return;  // a late ack for a record already failed
+  auto rec = it->second;
+  pending_.erase(it);
+  inflight_bytes_ -= rec->cost;
+  rec->ok = ok;
+  rec->error = error;
+  rec->received.set();
+  rec->settled.set();
+  changed_.notify_all();
+}
+
+awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t flags, uint64_t offset,
+                                                     uint32_t length, std::span<const uint8_t> data) {
+  const uint64_t cost = peer::kHeaderSize + data.size();
+  while (connected() && inflight_bytes_ > 0 && inflight_bytes_ + cost > config_.max_inflight)
+    co_await changed_.wait();
+  if (!connected()) co_return nullptr;
+  auto rec = std::make_shared<Record>(io_.get_executor());
+  rec->seq = next_seq_++;
+  rec->cost = cost;
+  peer::Header h;
+  h.type = type;
+  h.flags = flags;
+  h.seq = rec->seq;
+  h.offset = offset;
+  h.length = length;
+  if (config_.replication == Replication::kMemsync && type != peer::kRead) h.flags |= peer::kFlagWantReceived;
+  std::vector<uint8_t> payload;
+  if (type == peer::kWrite) {
+    auto enc = peer::encode_payload(data, config_.compression, config_.checksum);
+    h.flags |= enc.flags;
+    h.payload_length = uint32_t(enc.payload.size());
+    h.payload_checksum = enc.checksum;
+    payload = std::move(enc.payload);
+  }
+  pending_.emplace(rec->seq, rec);
+  inflight_bytes_ += cost;
+  conn_->send(h, std::move(payload), data.size());
+  co_return rec;
+}
+
+awaitable<std::shared_ptr<Record>> Replicator::remote_read(uint64_t offset, uint32_t length) {
+  return submit(peer::kRead, 0, offset, length);
+}
+
+awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
+  peer::Hello ours = hello_();
+  peer::Header h;
+  h.type = peer::kHello;
+  auto payload = peer::encode_hello(ours);
+  h.payload_length = uint32_t(payload.size());
+  conn->send(h, std::move(payload));
+  auto f = co_await conn->read_frame();
+  if (!f.ok()) co_return Status::Error(f.status().code(), "handshake: " + f.status().message());
+  if (f->header.type == peer::kError) {
+    auto e = peer::decode_error(f->payload.span());
+    co_return Status::Error(EPROTO, "secondary refused the connection: " +
+                                        (e.ok() ? e->second : std::string("(unreadable error record)")));
+  }
+  if (f->header.type != peer::kHello)
+    co_return Status::Error(EPROTO, std::string("handshake: expected HELLO, got ") + peer::type_name(f->header.type));
+  auto theirs = peer::decode_hello(f->payload.span());
+  if (!theirs.ok()) co_return Status::Error(EPROTO, "handshake: " + theirs.status().message());
+  Status s = peer::check_hello(ours, *theirs, config_.peer_node);
+  if (s.ok() && theirs->role != uint8_t(Role::kSecondary))
+    s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not in role secondary");
+  if (!s.ok()) {
+    peer::Header eh;
+    eh.type = peer::kError;
+    auto ep = peer::encode_error(s.code(), s.message());
+    eh.payload_length = uint32_t(ep.size());
+    conn->send(eh, std::move(ep));
+    co_await conn->drain_sends();
+  }
+  co_return s;
+}
+
+awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
+  for (;;) {
+    auto f = co_await conn->read_frame();
+    if (!f.ok()) co_return;
+    const peer::Header& h = f->header;
+    switch (h.type) {
+      case peer::kKeepalive:
+        break;
+      case peer::kReceived:
+        if (auto it = pending_.find(h.seq); it != pending_.end()) it->second->received.set();
+        break;
+      case peer::kWritten:
+        settle(h.seq, true, "");
+        break;
+      case peer::kError: {
+        auto e = peer::decode_error(f->payload.span());
+        std::string msg = e.ok() ? e->second : "unreadable error record";
+        spdlog::warn("peer: secondary failed record {}: {}", h.seq, msg);
+        settle(h.seq, false, "secondary: " + msg);
+        break;
+      }
+      case peer::kReadReply: {
+        auto it = pending_.find(h.seq);
+        if (it == pending_.end()) break;
+        Buffer data = pool_.get(h.length);
+        Status s = peer::decode_payload(h, f->payload.span(), data.span());
+        if (!s.ok()) {
+          conn->close("bad read reply: " + s.message());
+          co_return;
+        }
+        it->second->data = std::move(data);
+        settle(h.seq, true, "");
+        break;
+      }
+      default:
+        conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the secondary");
+        co_return;
+    }
+  }
+}
+
+awaitable<void> Replicator::run(uint64_t run_id) {
+  auto backoff = std::chrono::seconds(kFirstBackoff);
+  std::string last_logged;
+  auto current = [&] { return running_ && run_id == run_id_; };
+  while (current()) {
+    set_state(PeerState::kConnecting);
+    auto sock = co_await peer_connect(io_.get_executor(), *config_.remote, std::chrono::seconds(config_.timeout));
+    Status s = sock.ok() ? Status::Ok() : sock.status();
+    std::shared_ptr<PeerConnection> conn;
+    if (s.ok() && current()) {
+      conn = std::make_shared<PeerConnection>(std::move(*sock), pool_, std::chrono::seconds(config_.timeout),
+                                              peer_name_);
+      conn->start();
+      s = co_await handshake(conn);
+    }
+    if (!current()) {
+      if (conn) conn->close("stopped");
+      break;
+    }
+    if (!s.ok()) {
+      if (conn) conn->close(s.message());
+      last_error_ = s.message();
+      if (s.message() != last_logged) {  // one line per distinct failure, not one per retry
+        spdlog::warn("peer: cannot connect to {} at {}: {}; retrying", peer_name_, config_.remote->to_string(),
+                     s.message());
+        last_logged = s.message();
+      }
+    } else {
+      conn_ = conn;
+      next_seq_ = 1;
+      ++connects_;
+      last_logged.clear();
+      set_state(PeerState::kConnected);
+      spdlog::info("peer: connected to {} at {} ({} mode)", peer_name_, config_.remote->to_string(),
+                   to_string(config_.replication));
+      if (on_connected) on_connected();
+      co_await read_acks(conn);
+      std::string why = conn->close_reason();
+      totals_.add(conn->stats());
+      conn_.reset();
+      last_error_ = why;
+      fail_pending("link to the secondary lost: " + why);
+      set_state(PeerState::kDisconnected);
+      spdlog::warn("peer: disconnected from {}: {}; writes continue locally (degraded)", peer_name_, why);
+      if (on_disconnected) on_disconnected(why);
+      backoff = kFirstBackoff;
+      if (!current()) break;
+    }
+    set_state(PeerState::kDisconnected);
+    backoff_timer_.expires_after(backoff);
+    co_await backoff_timer_.async_wait(use_nothrow);
+    backoff = std::min<std::chrono::seconds>(backoff * 2, kMaxBackoff);
+  }
+}
+
+nlohmann::json Replicator::status() const {
+  PeerStats s = totals_;
+  if (conn_) s.add(conn_->stats());
+  return {
+      {"state", to_string(state_)},
+      {"since", iso_time(state_since_)},
+      {"node", peer_name_},
+      {"remote", config_.remote ? config_.remote->to_string() : ""},
+      {"last_error", last_error_},
+      {"connects", connects_},
+      {"inflight_records", pending_.size()},
+      {"inflight_bytes", inflight_bytes_},
+      {"queued_bytes", conn_ ? conn_->queued_bytes() : 0},
+      {"records_sent", s.records_sent},
+      {"records_received", s.records_received},
+      {"bytes_sent", s.bytes_sent},
+      {"bytes_received", s.bytes_received},
+      {"data_bytes_sent", s.data_bytes_sent},
+  };
+}
+
+}  // namespace hastnbd

@@ -1,0 +1,305 @@
+#include "hastnbd/secondary.h"
+
+#include <spdlog/spdlog.h>
+
+#include "hastnbd/role.h"
+
+namespace hastnbd {
+
+namespace {
+constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+  return buf;
+}
+}  // namespace
+
+Secondary::Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
+                     std::function<peer::Hello()> hello)
+    : io_(io),
+      pool_(pool),
+      config_(config),
+      disk_(disk),
+      hello_(std::move(hello)),
+      order_(io.get_executor()),
+      changed_(io.get_executor()),
+      since_(std::chrono::system_clock::now()) {}
+
+Secondary::~Secondary() {
+  if (conn_) conn_->close("shutting down");
+}
+
+Status Secondary::start() {
+  if (!config_.listen) return Status::Error(EINVAL, "role secondary needs a 'listen' address for node " + config_.node);
+  error_code ec;
+  asio::ip::tcp::resolver resolver(io_);
+  // The listen address is numeric in practice; a name resolves once, here.
+  auto results = resolver.resolve(config_.listen->host, std::to_string(config_.listen->port), ec);
+  if (ec || results.empty())
+    return Status::Error(EINVAL, "listen address " + config_.listen->to_string() + ": " + ec.message());
+  auto acceptor = std::make_shared<asio::ip::tcp::acceptor>(io_);
+  auto ep = results.begin()->endpoint();
+  acceptor->open(ep.protocol(), ec);
+  if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor->bind(ep, ec);
+  if (!ec) acceptor->listen(8, ec);
+  if (ec) return Status::Error(ec.value(), "peer listener " + config_.listen->to_string() + ": " + ec.message());
+  acceptor_ = acceptor;
+  since_ = std::chrono::system_clock::now();
+  asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
+  spdlog::info("peer: secondary listening on {} for {}", config_.listen->to_string(),
+               config_.remote ? config_.remote->to_string() : std::string("any address"));
+  return Status::Ok();
+}
+
+awaitable<void> Secondary::stop() {
+  if (acceptor_) {
+    error_code ec;
+    acceptor_->close(ec);
+    acceptor_.reset();
+  }
+  if (conn_) conn_->close("this node left the secondary role");
+  while (applying_ > 0) co_await changed_.wait();
+  Status s = co_await disk_.flush();
+  if (!s.ok()) spdlog::error("peer: flush on leaving secondary: {}", s.message());
+}
+
+awaitable<bool> Secondary::from_configured_peer(const asio::ip::tcp::socket& socket) {
+  if (!config_.remote) co_return true;
+  error_code ec;
+  auto remote = socket.remote_endpoint(ec);
+  if (ec) co_return false;
+  asio::ip::tcp::resolver resolver(io_);
+  auto [rec, results] = co_await resolver.async_resolve(config_.remote->host, "0", use_nothrow);
+  if (rec) co_return false;
+  auto addr = remote.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped())
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  for (const auto& r : results)
+    if (r.endpoint().address() == addr) co_return true;
+  co_return false;
+}
+
+awaitable<void> Secondary::accept_loop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor) {
+  for (;;) {
+    auto [ec, sock] = co_await acceptor->async_accept(use_nothrow);
+    if (!acceptor->is_open()) co_return;
+    if (ec) {
+      spdlog::warn("peer: accept: {}", ec.message());
+      asio::steady_timer t(io_, std::chrono::milliseconds(100));
+      co_await t.async_wait(use_nothrow);
+      continue;
+    }
+    error_code ignored;
+    auto ep = sock.remote_endpoint(ignored);
+    std::string who = ep.address().to_string() + ":" + std::to_string(ep.port());
+    if (!co_await from_configured_peer(sock)) {
+      ++refused_;
+      spdlog::warn("peer: refused connection from {}: not the configured peer {}", who,
+                   config_.remote ? config_.remote->to_string() : std::string("?"));
+      sock.close(ignored);
+      continue;
+    }
+    sock.set_option(asio::ip::tcp::no_delay(true), ignored);
+    asio::co_spawn(io_, serve(std::move(sock), who), asio::detached);
+  }
+}
+
+void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
+  peer::Header h;
+  h.type = type;
+  h.seq = seq;
+  conn.send(h);
+}
+
+void Secondary::reply_error(PeerConnection& conn, uint64_t seq, const Status& s) {
+  peer::Header h;
+  h.type = peer::kError;
+  h.seq = seq;
+  auto payload = peer::encode_error(s.code(), s.message());
+  h.payload_length = uint32_t(payload.size());
+  conn.send(h, std::move(payload));
+}
+
+awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) {
+  auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
+  conn->start();
+  auto first = co_await conn->read_frame();
+  if (!first.ok()) {
+    spdlog::warn("peer: connection from {} dropped during handshake: {}", who, first.status().message());
+    co_return;
+  }
+  Status s;
+  peer::Hello ours = hello_();
+  if (first->header.type != peer::kHello) {
+    s = Status::Error(EPROTO, std::string("expected HELLO, got ") + peer::type_name(first->header.type));
+  } else {
+    auto theirs = peer::decode_hello(first->payload.span());
+    if (!theirs.ok()) s = theirs.status();
+    else s = peer::check_hello(ours, *theirs, config_.peer_node);
+    if (s.ok() && theirs->role != uint8_t(Role::kPrimary))
+      s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not primary");
+  }
+  if (!s.ok()) {
+    ++refused_;
+    last_error_ = s.message();
+    spdlog::error("peer: refused the primary's connection from {}: {}", who, s.message());
+    reply_error(*conn, 0, s);
+    co_await conn->drain_sends();
+    conn->close("handshake refused: " + s.message());
+    co_return;
+  }
+  if (conn_ && conn_->is_open()) {
+    spdlog::warn("peer: a new connection from the primary replaces the current one");
+    conn_->close("replaced by a new connection from the primary");
+  }
+  if (conn_) totals_.add(conn_->stats());
+  conn_ = conn;
+  ++connects_;
+  since_ = std::chrono::system_clock::now();
+  conn->set_timeout(std::chrono::seconds(config_.timeout));
+  peer::Header hh;
+  hh.type = peer::kHello;
+  auto payload = peer::encode_hello(ours);
+  hh.payload_length = uint32_t(payload.size());
+  conn->send(hh, std::move(payload));
+  spdlog::info("peer: primary {} connected from {}", config_.peer_node, who);
+  if (on_connected) on_connected();
+
+  const uint64_t size = disk_.size();
+  for (;;) {
+    auto f = co_await conn->read_frame();
+    if (!f.ok()) break;
+    const peer::Header& h = f->header;
+    switch (h.type) {
+      case peer::kKeepalive:
+        continue;
+      case peer::kWrite:
+      case peer::kTrim:
+      case peer::kWriteZeroes:
+      case peer::kFlush: {
+        if (h.type != peer::kFlush && (h.offset > size || h.length > size - h.offset)) {
+          reply_error(*conn, h.seq, Status::Error(EINVAL, "record beyond the end of the device"));
+          continue;
+        }
+        if (h.flags & peer::kFlagWantReceived) reply(*conn, peer::kReceived, h.seq);
+        // The place in the FIFO is taken now, in arrival order.
+        auto ticket = h.type == peer::kFlush ? order_.reserve(0, size, true)
+                                             : order_.reserve(h.offset, h.offset + h.length, true);
+        ++applying_;
+        asio::co_spawn(io_, apply(conn, std::move(*f), ticket), asio::detached);
+        continue;
+      }
+      case peer::kRead:
+        if (h.offset > size || h.length > size - h.offset) {
+          reply_error(*conn, h.seq, Status::Error(EINVAL, "read beyond the end of the device"));
+          continue;
+        }
+        ++applying_;
+        asio::co_spawn(io_, read_for_peer(conn, h), asio::detached);
+        continue;
+      default:
+        conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the primary");
+        break;
+    }
+    break;
+  }
+  last_error_ = conn->close_reason();
+  spdlog::warn("peer: primary disconnected: {}", conn->close_reason());
+  if (on_disconnected) on_disconnected(conn->close_reason());
+}
+
+awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, RangeLock::Ticket ticket) {
+  auto guard = co_await order_.acquire(ticket);
+  const peer::Header& h = f.header;
+  Status s;
+  switch (h.type) {
+    case peer::kWrite: {
+      Buffer data = pool_.get(h.length);
+      s = peer::decode_payload(h, f.payload.span(), data.span());
+      if (!s.ok()) {
+        // Corruption in transit: nothing of this link can be trusted any more.
+        conn->close("record " + std::to_string(h.seq) + ": " + s.message());
+        break;
+      }
+      conn->stats().data_bytes_received += h.length;
+      s = co_await disk_.write(h.offset, data);
+      break;
+    }
+    case peer::kTrim:
+      s = co_await disk_.trim(h.offset, h.length);
+      break;
+    case peer::kWriteZeroes:
+      s = co_await disk_.write_zeroes(h.offset, h.length, !(h.flags & peer::kFlagNoHole));
+      break;
+    case peer::kFlush:
+      s = co_await disk_.flush();
+      break;
+  }
+  if (s.ok() && (h.flags & peer::kFlagFua)) s = co_await disk_.flush();
+  if (conn->is_open()) {
+    if (s.ok()) {
+      ++records_applied_;
+      reply(*conn, peer::kWritten, h.seq);
+    } else {
+      ++apply_errors_;
+      spdlog::error("peer: applying record {} ({} at {}+{}) failed: {}", h.seq, peer::type_name(h.type), h.offset,
+                    h.length, s.message());
+      reply_error(*conn, h.seq, s);
+    }
+  }
+  guard.release();
+  --applying_;
+  changed_.notify_all();
+}
+
+awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h) {
+  Buffer data = pool_.get(h.length);
+  Status s = co_await disk_.read(h.offset, data);
+  if (conn->is_open()) {
+    if (!s.ok()) {
+      reply_error(*conn, h.seq, s);
+    } else {
+      auto enc = peer::encode_payload(data.span(), config_.compression, config_.checksum);
+      peer::Header r;
+      r.type = peer::kReadReply;
+      r.flags = enc.flags;
+      r.seq = h.seq;
+      r.offset = h.offset;
+      r.length = h.length;
+      r.payload_length = uint32_t(enc.payload.size());
+      r.payload_checksum = enc.checksum;
+      conn->send(r, std::move(enc.payload), h.length);
+    }
+  }
+  --applying_;
+  changed_.notify_all();
+}
+
+nlohmann::json Secondary::status() const {
+  PeerStats s = totals_;
+  if (conn_) s.add(conn_->stats());
+  return {
+      {"state", to_string(state())},
+      {"since", iso_time(since_)},
+      {"node", config_.peer_node},
+      {"listen", config_.listen ? config_.listen->to_string() : ""},
+      {"remote", config_.remote ? config_.remote->to_string() : ""},
+      {"last_error", last_error_},
+      {"connects", connects_},
+      {"refused", refused_},
+      {"records_applied", records_applied_},
+      {"apply_errors", apply_errors_},
+      {"applying", applying_},
+      {"records_sent", s.records_sent},
+      {"records_received", s.records_received},
+      {"bytes_sent", s.bytes_sent},
+      {"bytes_received", s.bytes_received},
+      {"data_bytes_received", s.data_bytes_received},
+  };
+}
+
+}  // namespace hastnbd
