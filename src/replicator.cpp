@@ -9,6 +9,7 @@ namespace hastnbd {
 namespace {
 constexpr auto kFirstBackoff = std::chrono::seconds(1);
 constexpr auto kMaxBackoff = std::chrono::seconds(10);
+constexpr uint32_t kMaxLz4Backoff = 64;
 
 std::string iso_time(std::chrono::system_clock::time_point t) {
   std::time_t tt = std::chrono::system_clock::to_time_t(t);
@@ -112,7 +113,20 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
   if (config_.replication == Replication::kMemsync && type != peer::kRead) h.flags |= peer::kFlagWantReceived;
   std::vector<uint8_t> payload;
   if (type == peer::kWrite) {
-    auto enc = peer::encode_payload(data, config_.compression, config_.checksum);
+    // LZ4 on incompressible data costs CPU for nothing: after a miss, skip
+    // the next attempts (1, 2, 4 .. 64 records), back to every record on a hit.
+    Compression c = config_.compression;
+    bool try_lz4 = c == Compression::kLz4 && lz4_skip_ == 0;
+    if (c == Compression::kLz4 && !try_lz4) {
+      c = Compression::kHole;
+      --lz4_skip_;
+    }
+    auto enc = peer::encode_payload(data, c, config_.checksum);
+    if (try_lz4) {
+      bool hit = enc.flags & (peer::kFlagLz4 | peer::kFlagHole);
+      lz4_backoff_ = hit ? 0 : std::min<uint32_t>(lz4_backoff_ ? lz4_backoff_ * 2 : 1, kMaxLz4Backoff);
+      lz4_skip_ = lz4_backoff_;
+    }
     h.flags |= enc.flags;
     h.payload_length = uint32_t(enc.payload.size());
     h.payload_checksum = enc.checksum;

@@ -4,6 +4,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <vector>
 
 namespace hastnbd {
 
@@ -13,19 +14,29 @@ template <class T = void>
 using awaitable = asio::awaitable<T>;
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 
-// A level-triggered wake-up for coroutines on one strand (the single loop
-// thread): wait() suspends until notify_all(). Built on a timer that never
-// expires on its own, cancelled to wake.
+// A wake-up for coroutines on the single loop thread: wait() suspends until
+// the next notify_all(). Callers re-check their condition in a loop, so a
+// spurious wake-up is harmless. Waiters are posted straight to the loop: no
+// timer, no syscall per notification (this sits on every request's path).
 class AsyncCondition {
  public:
-  explicit AsyncCondition(const asio::any_io_executor& ex) : timer_(ex, asio::steady_timer::time_point::max()) {}
+  explicit AsyncCondition(const asio::any_io_executor& ex) : ex_(ex) {}
+  AsyncCondition(const AsyncCondition&) = delete;
+  AsyncCondition& operator=(const AsyncCondition&) = delete;
   awaitable<void> wait() {
-    co_await timer_.async_wait(use_nothrow);
+    co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(
+        [this](auto handler) { waiters_.emplace_back(std::move(handler)); }, asio::use_awaitable);
   }
-  void notify_all() { timer_.cancel(); }
+  void notify_all() {
+    if (waiters_.empty()) return;
+    auto waiters = std::move(waiters_);
+    waiters_.clear();
+    for (auto& h : waiters) asio::post(ex_, std::move(h));
+  }
 
  private:
-  asio::steady_timer timer_;
+  asio::any_io_executor ex_;
+  std::vector<asio::any_completion_handler<void()>> waiters_;
 };
 
 }  // namespace hastnbd

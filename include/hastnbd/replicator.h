@@ -85,6 +85,8 @@ class Replicator {
   std::shared_ptr<PeerConnection> conn_;
   std::unordered_map<uint64_t, std::shared_ptr<Record>> pending_;
   uint64_t next_seq_ = 1;
+  uint32_t lz4_skip_ = 0;     // records left to send without trying lz4
+  uint32_t lz4_backoff_ = 0;  // current skip length after a miss
   uint64_t inflight_bytes_ = 0;
   uint64_t queued_records_ = 0;
   PeerStats totals_;  // of closed connections

@@ -586,3 +586,205 @@ run_all_client_checks() {
   check_fio_verify "$sock" "$exp" 32M
   check_ext4_nbdfuse "$sock" "$exp"
 }
+
+# --- two nodes on one machine ---------------------------------------------------
+
+# free_ports N: N distinct random TCP ports in 20000..59999 that nothing on
+# this host (this network namespace) uses right now. One call for all the
+# ports a test needs, since a command substitution cannot remember what an
+# earlier call handed out.
+free_ports() {
+  local want="$1" p i
+  local -A given=()
+  local out=()
+  for ((i = 0; i < 1000 && ${#out[@]} < want; i++)); do
+    p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    [ -z "${given[$p]:-}" ] || continue
+    [ -z "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ] || continue
+    given[$p]=1
+    out+=("$p")
+  done
+  [ "${#out[@]}" -eq "$want" ] || die "found only ${#out[@]} of $want free TCP ports"
+  echo "${out[*]}"
+}
+
+# write_pair_config FILE ADDR_A ADDR_B [YAML-LINE...]: a two-node config beside
+# FILE: resource "data", node a listening on ADDR_A with remote ADDR_B, node b
+# the other way round, each with its own DIR/disk-N.img (sparse,
+# $PAIR_DISK_SIZE, default 256M, created unless present), DIR/run-N and
+# DIR/state-N. Settings from the environment: PAIR_TIMEOUT (3),
+# PAIR_REPLICATION (fullsync), PAIR_COMPRESSION (lz4), PAIR_CHECKSUM (xxh3),
+# PAIR_KEEPDIRTY (8); PAIR_REMOTE_A / PAIR_REMOTE_B override a node's remote
+# (e.g. a peer that is not where the other node listens). Extra lines go into
+# the resource section.
+write_pair_config() {
+  local file="$1" addr_a="$2" addr_b="$3" dir line n
+  shift 3
+  dir="$(cd "$(dirname "$file")" && pwd)"
+  for n in a b; do
+    [ -e "$dir/disk-$n.img" ] || make_disk "$dir/disk-$n.img" "${PAIR_DISK_SIZE:-256M}"
+    mkdir -p "$dir/run-$n" "$dir/state-$n"
+  done
+  {
+    echo "defaults: {timeout: ${PAIR_TIMEOUT:-3}}"
+    echo "resources:"
+    echo "  data:"
+    echo "    replication: ${PAIR_REPLICATION:-fullsync}"
+    echo "    compression: ${PAIR_COMPRESSION:-lz4}"
+    echo "    checksum: ${PAIR_CHECKSUM:-xxh3}"
+    echo "    extent_size: 2MiB"
+    echo "    keepdirty: ${PAIR_KEEPDIRTY:-8}"
+    for line in "$@"; do
+      echo "    $line"
+    done
+    echo "    nodes:"
+    echo "      a: {local: $dir/disk-a.img, run_dir: $dir/run-a, state_dir: $dir/state-a," \
+      "listen: \"$addr_a\", remote: \"${PAIR_REMOTE_A:-$addr_b}\"}"
+    echo "      b: {local: $dir/disk-b.img, run_dir: $dir/run-b, state_dir: $dir/state-b," \
+      "listen: \"$addr_b\", remote: \"${PAIR_REMOTE_B:-$addr_a}\"}"
+  } >"$file"
+}
+
+# status_field CONF NODE SUBSCRIPT: one field of `status --json data`, e.g.
+#   status_field "$conf" a '["peer"]["state"]'
+status_field() {
+  local out
+  out="$(hastnbd_ctl "$1" "$2" status --json data)" || return 1
+  "$HASTNBD_PYTHON" -c "import json,sys; s=json.load(sys.stdin); print(s$3)" <<<"$out"
+}
+
+# dump_field CONF NODE SUBSCRIPT: one field of `dump --json data`.
+dump_field() {
+  local out
+  out="$(hastnbd_ctl "$1" "$2" dump --json data)" || return 1
+  "$HASTNBD_PYTHON" -c "import json,sys; s=json.load(sys.stdin); print(s$3)" <<<"$out"
+}
+
+_peer_state_is() {  # CONF NODE STATE
+  [ "$(status_field "$1" "$2" '["peer"]["state"]' 2>/dev/null)" = "$3" ]
+}
+
+_peer_state_is_not() {  # CONF NODE STATE
+  local s
+  s="$(status_field "$1" "$2" '["peer"]["state"]' 2>/dev/null)" || return 1
+  [ -n "$s" ] && [ "$s" != "$3" ]
+}
+
+# wait_peer_state CONF NODE STATE SECS: until the node's peer state is STATE.
+wait_peer_state() {
+  wait_for "$4" "node $2 peer state $3" _peer_state_is "$1" "$2" "$3"
+}
+
+# wait_peer_state_not CONF NODE STATE SECS: until the node's peer state is
+# anything but STATE.
+wait_peer_state_not() {
+  wait_for "$4" "node $2 peer state to leave $3" _peer_state_is_not "$1" "$2" "$3"
+}
+
+# start_daemon_ns NETNS CONF NODE RES: start_daemon, inside a network
+# namespace (`ip netns exec` execs, so the pid is the daemon's own).
+start_daemon_ns() {
+  local ns="$1" conf="$2" node="$3" res="$4" logf pid
+  require_hastnbd
+  logf="$(daemon_log "$node")"
+  mkdir -p "$(run_dir_of "$conf" "$node")"
+  ip netns exec "$ns" "$HASTNBD_BIN/hastnbd" -c "$conf" --node "$node" "$res" </dev/null >>"$logf" 2>&1 &
+  pid=$!
+  track_pid "$pid" "$logf"
+  DAEMON_PID="$pid"
+  DAEMON_PIDS[$node]="$pid"
+  if ! WAIT_PID="$pid" wait_for 20 "hastnbd $res (node $node, netns $ns) to answer status" \
+       hastnbd_ctl "$conf" "$node" status "$res"; then
+    show_log "$logf"
+    die "hastnbd $res on node $node (netns $ns) did not come up"
+  fi
+  log "hastnbd $res node $node running in netns $ns, pid $pid"
+}
+
+# start_pair CONF: metadata for both nodes, both daemons, b secondary, a
+# primary, and the link up within 10 s. Sets PAIR_PID_A and PAIR_PID_B.
+start_pair() {
+  local conf="$1"
+  create_resource "$conf" a data >/dev/null
+  create_resource "$conf" b data >/dev/null
+  start_daemon "$conf" b data
+  PAIR_PID_B=$DAEMON_PID
+  start_daemon "$conf" a data
+  PAIR_PID_A=$DAEMON_PID
+  hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on node b failed"
+  make_primary "$conf" a data
+  if ! wait_peer_state "$conf" a connected 10; then
+    show_log "$(daemon_log a)"
+    show_log "$(daemon_log b)"
+    die "the primary did not connect to the secondary within 10 s"
+  fi
+}
+
+# nbd_flush SOCK: one NBD FLUSH through qemu-io.
+nbd_flush() {
+  with_timeout 60 qemu-io -f raw -c flush "$(nbd_uri "$1" data)" >"$T/flush.out" 2>&1 || {
+    cat "$T/flush.out" >&2
+    die "NBD FLUSH through qemu-io failed"
+  }
+}
+
+# fio_verify_start SOCK BYTES OFFSET SECS TAG [FIO-ARG...]: in the background,
+# 2 fio jobs (2 NBD connections) at QD32, random writes of 4 KiB with one in
+# five of 64 KiB, job i in [OFFSET + i*BYTES, OFFSET + (i+1)*BYTES), every
+# block crc32c-verified by reading it back; fio is killed after SECS. Sets
+# FIO_PID; fio_verify_check TAG waits and judges.
+fio_verify_start() {
+  local sock="$1" bytes="$2" offset="$3" secs="$4" tag="$5"
+  shift 5
+  (cd "$T" && exec timeout --kill-after=5 "$secs" fio --name="$tag" --ioengine=nbd \
+    "--uri=$(nbd_uri "$sock" data)" --rw=randwrite --bssplit=4k/80:64k/20 --iodepth=32 \
+    --numjobs=2 "--size=$bytes" "--offset=$offset" "--offset_increment=$bytes" \
+    --verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0 --verify_state_save=0 \
+    --output-format=json "--output=$T/fio-$tag.json" "$@") 2>"$T/fio-$tag.err" &
+  FIO_PID=$!
+  track_pid "$FIO_PID"
+  echo "$bytes" >"$T/fio-$tag.bytes"
+}
+
+fio_verify_check() {
+  local tag="$1" rc=0 bytes
+  bytes="$(cat "$T/fio-$tag.bytes")"
+  wait "$FIO_PID" || rc=$?
+  if [ "$rc" -ne 0 ] || grep -q 'verify:' "$T/fio-$tag.err"; then
+    cat "$T/fio-$tag.err" >&2
+    [ "$rc" -ne 124 ] || die "fio $tag did not finish in time (a client request hung?)"
+    die "fio $tag failed (exit $rc)"
+  fi
+  "$HASTNBD_PYTHON" - "$T/fio-$tag.json" "$bytes" <<'EOF' || die "fio $tag: wrong amounts"
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = int(sys.argv[2])
+jobs = d["jobs"]
+if len(jobs) != 2:
+    sys.exit(f"{len(jobs)} fio jobs reported, want 2")
+for j in jobs:
+    if j["error"]:
+        sys.exit(f"job {j['jobname']}: error {j['error']}")
+    w, r = j["write"]["io_bytes"], j["read"]["io_bytes"]
+    if w != want or r != want:
+        sys.exit(f"job: wrote {w}, verified {r} bytes; want {want} each")
+EOF
+  log "fio $tag ok: 2 x $bytes bytes written and verified"
+}
+
+# fio_verify SOCK BYTES OFFSET SECS TAG [FIO-ARG...]: both of the above.
+fio_verify() {
+  fio_verify_start "$@"
+  fio_verify_check "$5"
+}
+
+# log_since FILE LINE: the lines of FILE after line LINE (a count taken with
+# `wc -l <FILE` before the event), so a check sees only what the event logged.
+log_since() {
+  tail -n +"$(($2 + 1))" "$1"
+}
+
+# cmp_region FILE1 FILE2 OFFSET LENGTH: the two files hold the same bytes there.
+cmp_region() {
+  cmp -n "$4" -i "$3:$3" "$1" "$2"
+}
