@@ -1,6 +1,6 @@
 // hastnbd-ctl: the admin's (and the cluster manager's) interface.
 //   create [--force] RESOURCE   write fresh metadata (offline)
-//   role init|primary RESOURCE  change the running daemon's role
+//   role init|secondary|primary RESOURCE  change the running daemon's role
 //   status [--json] [RESOURCE]  role, peer, dirty extents, NBD clients
 //   list                        every configured resource and its state
 //   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
@@ -33,7 +33,7 @@ const char* kUsage =
     "Usage: hastnbd-ctl [-c CONFIG] [--node NAME] COMMAND [ARGS]\n"
     "Commands:\n"
     "  create [--force] RESOURCE    write fresh metadata for RESOURCE\n"
-    "  role init|primary [--force] RESOURCE\n"
+    "  role init|secondary|primary [--force] RESOURCE\n"
     "  status [--json] [RESOURCE]   state of one or all running resources\n"
     "  list                         configured resources and whether they run\n"
     "  dump [--json] RESOURCE       metadata header and dirty extents\n";
@@ -114,8 +114,25 @@ void print_status(const json& s) {
             << "), node " << s["node"].get<std::string>() << ", pid " << s["pid"] << "\n"
             << "  replication: " << s["replication"].get<std::string>() << "\n"
             << "  peer:        " << s["peer"]["state"].get<std::string>();
-  if (!s["peer"]["remote"].get<std::string>().empty()) std::cout << " (" << s["peer"]["remote"].get<std::string>() << ")";
-  std::cout << "\n"
+  const json& p = s["peer"];
+  if (p.contains("since")) std::cout << " since " << p["since"].get<std::string>();
+  if (!p.value("node", std::string()).empty()) std::cout << ", node " << p["node"].get<std::string>();
+  if (!p.value("remote", std::string()).empty()) std::cout << " (" << p["remote"].get<std::string>() << ")";
+  if (p.contains("listen")) std::cout << ", listening on " << p["listen"].get<std::string>();
+  std::cout << "\n";
+  if (!p.value("last_error", std::string()).empty() && p["state"] != "connected")
+    std::cout << "  last error:  " << p["last_error"].get<std::string>() << "\n";
+  if (p.contains("data_bytes_sent")) {
+    std::cout << "  traffic:     " << p["records_sent"] << " records sent, " << human(p["data_bytes_sent"])
+              << " of data as " << human(p["bytes_sent"]) << " on the wire; " << p["inflight_records"]
+              << " records (" << human(p["inflight_bytes"]) << ") awaiting the secondary, " << human(p["queued_bytes"])
+              << " queued to send\n";
+  } else if (p.contains("records_applied")) {
+    std::cout << "  traffic:     " << p["records_applied"] << " records applied (" << human(p["data_bytes_received"])
+              << " of data, " << human(p["bytes_received"]) << " on the wire), " << p["apply_errors"]
+              << " failed, " << p["refused"] << " connections refused\n";
+  }
+  std::cout
             << "  local:       " << local["path"].get<std::string>() << ", " << human(local["size"]) << ", block "
             << local["block_size"] << "\n"
             << "  metadata:    " << meta["path"].get<std::string>() << ", uuid " << meta["uuid"].get<std::string>()

@@ -1,0 +1,669 @@
+#!/usr/bin/python3
+"""A hostile (or merely wrong) hastnbd peer, for tests of the peer link.
+
+Usage:
+  hostile_peer.py primary HOST PORT SCENARIO [options]
+      play a PRIMARY that connects to a real secondary at HOST:PORT
+  hostile_peer.py secondary HOST PORT SCENARIO [options]
+      play a SECONDARY listening on HOST:PORT for a real primary
+  hostile_peer.py --list-scenarios
+
+Options: --bind ADDR (source address of the connection), --resource NAME,
+--node NAME (the name this fake peer claims), --peer-node NAME (the real
+daemon's node name), --size BYTES, --extent BYTES, --offset BYTES (where
+WRITE scenarios write), --connections N and --deadline SECS (secondary mode).
+
+Exits 0 when the daemon behaved as expected, 1 with "FAIL: ..." otherwise,
+2 for usage errors. Prints one JSON line describing what happened (e.g. the
+text of an ERROR record the daemon sent), which the shell test may inspect.
+
+Every byte follows docs/protocol.md and include/hastnbd/peer_proto.h: a
+48-byte big-endian header (magic "HNBD", version 1, type, flags, seq,
+offset, length, payload_length, payload_checksum, header_checksum =
+XXH3-64 of bytes 0..39), then the payload. Python's stdlib has no XXH3, so
+it comes from the system libxxhash through ctypes. Stdlib only otherwise;
+every socket operation has a timeout.
+"""
+
+import ctypes
+import ctypes.util
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+
+# --- XXH3-64 from libxxhash ------------------------------------------------------
+
+
+def _load_xxh3():
+    for name in ("libxxhash.so.0", ctypes.util.find_library("xxhash")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        f = lib.XXH3_64bits
+        f.restype = ctypes.c_uint64
+        f.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        return f
+    sys.exit("FAIL: libxxhash (XXH3_64bits) not found; install libxxhash0")
+
+
+_XXH3 = _load_xxh3()
+
+
+def xxh3(data):
+    data = bytes(data)
+    return int(_XXH3(data, len(data)))
+
+
+# --- protocol constants (docs/protocol.md) ----------------------------------------
+MAGIC = 0x484E4244
+VERSION = 1
+HEADER_SIZE = 48
+MAX_PAYLOAD = 64 << 20
+
+HELLO, WRITE, TRIM, WRITE_ZEROES, FLUSH, RECEIVED, WRITTEN, ERROR, KEEPALIVE, READ, READ_REPLY = range(1, 12)
+TYPE_NAMES = {1: "HELLO", 2: "WRITE", 3: "TRIM", 4: "WRITE_ZEROES", 5: "FLUSH", 6: "RECEIVED",
+              7: "WRITTEN", 8: "ERROR", 9: "KEEPALIVE", 10: "READ", 11: "READ_REPLY"}
+
+F_LZ4 = 0x01
+F_HOLE = 0x02
+F_FUA = 0x04
+F_WANT_RECEIVED = 0x08
+F_CHECKSUMMED = 0x10
+F_NO_HOLE = 0x20
+
+ROLE_INIT, ROLE_SECONDARY, ROLE_PRIMARY = 0, 1, 2
+META_FRESH = 0x1
+
+IO_TIMEOUT = 10.0
+
+
+class Fail(Exception):
+    pass
+
+
+def header(rtype, flags=0, seq=0, offset=0, length=0, payload_length=0, payload_checksum=0,
+           magic=MAGIC, version=VERSION, bad_header_checksum=False):
+    first = struct.pack(">IBBHQQIIQ", magic, version, rtype, flags, seq, offset, length,
+                        payload_length, payload_checksum)
+    assert len(first) == 40
+    cs = xxh3(first)
+    if bad_header_checksum:
+        cs ^= 0x5A5A5A5A5A5A5A5A
+    return first + struct.pack(">Q", cs)
+
+
+def frame(rtype, payload=b"", flags=0, seq=0, offset=0, length=0, checksummed=True, **kw):
+    """A whole record; the payload is checksummed (CHECKSUMMED) unless told not to."""
+    pc = 0
+    if checksummed and payload:
+        flags |= F_CHECKSUMMED
+        pc = xxh3(payload)
+    return header(rtype, flags, seq, offset, length, len(payload), pc, **kw) + payload
+
+
+def parse_header(b):
+    magic, version, rtype, flags, seq, offset, length, plen, pcs, hcs = struct.unpack(">IBBHQQIIQQ", b)
+    if magic != MAGIC:
+        raise Fail(f"daemon sent bad magic {magic:#x}")
+    if version != VERSION:
+        raise Fail(f"daemon sent version {version}")
+    if xxh3(b[:40]) != hcs:
+        raise Fail("daemon sent a header with a bad header checksum")
+    if plen > MAX_PAYLOAD:
+        raise Fail(f"daemon announced payload_length {plen}")
+    return {"type": rtype, "flags": flags, "seq": seq, "offset": offset, "length": length,
+            "payload_length": plen, "payload_checksum": pcs}
+
+
+def name_field(s):
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+def map_bytes(data_size, extent_size):
+    extents = -(-data_size // extent_size)
+    return -(-extents // 8)
+
+
+def hello_payload(resource, node, role, data_size, extent_size, uuid=b"\x11" * 16,
+                  localcnt=0, remotecnt=0, meta_flags=META_FRESH, dirty=None):
+    if dirty is None:
+        dirty = bytes(map_bytes(data_size, extent_size))
+    return (struct.pack(">I", 1) + name_field(resource) + name_field(node) + bytes([role]) +
+            struct.pack(">QQ", data_size, extent_size) + uuid +
+            struct.pack(">QQI", localcnt, remotecnt, meta_flags) +
+            struct.pack(">I", len(dirty)) + dirty)
+
+
+def parse_hello(p):
+    pos = 0
+
+    def take(n, what):
+        nonlocal pos
+        if pos + n > len(p):
+            raise Fail(f"daemon's HELLO truncated at {what}")
+        v = p[pos:pos + n]
+        pos += n
+        return v
+
+    h = {}
+    h["protocol_version"] = struct.unpack(">I", take(4, "protocol_version"))[0]
+    for f in ("resource", "node"):
+        n = struct.unpack(">H", take(2, f))[0]
+        h[f] = take(n, f).decode()
+    h["role"] = take(1, "role")[0]
+    h["data_size"], h["extent_size"] = struct.unpack(">QQ", take(16, "sizes"))
+    h["uuid"] = take(16, "uuid").hex()
+    h["localcnt"], h["remotecnt"], h["meta_flags"] = struct.unpack(">QQI", take(20, "counters"))
+    m = struct.unpack(">I", take(4, "dirty_map length"))[0]
+    take(m, "dirty_map")
+    if pos != len(p):
+        raise Fail(f"daemon's HELLO has {len(p) - pos} trailing bytes")
+    if m != map_bytes(h["data_size"], h["extent_size"]):
+        raise Fail(f"daemon's HELLO has a dirty map of {m} bytes for {h['data_size']}/{h['extent_size']}")
+    return h
+
+
+def parse_error(p):
+    if len(p) < 4:
+        raise Fail(f"daemon's ERROR payload is {len(p)} bytes")
+    return struct.unpack(">I", p[:4])[0], p[4:].decode(errors="replace")
+
+
+class Link:
+    def __init__(self, sock):
+        self.s = sock
+        self.s.settimeout(IO_TIMEOUT)
+
+    @classmethod
+    def connect(cls, host, port, bind=None):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(IO_TIMEOUT)
+        if bind:
+            s.bind((bind, 0))
+        s.connect((host, port))
+        return cls(s)
+
+    def send(self, data):
+        try:
+            self.s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise Fail(f"send failed: {e}")
+
+    def recv_exact(self, n):
+        """n bytes, or None at a clean EOF before the first byte."""
+        buf = b""
+        while len(buf) < n:
+            try:
+                chunk = self.s.recv(n - len(buf))
+            except ConnectionResetError:
+                chunk = b""
+            except socket.timeout:
+                raise Fail(f"no data from the daemon for {IO_TIMEOUT:.0f} s")
+            if not chunk:
+                if buf:
+                    raise Fail(f"daemon closed the connection mid-record ({len(buf)} of {n} bytes)")
+                return None
+            buf += chunk
+        return buf
+
+    def read_frame(self):
+        """(header dict, payload) or None at EOF; checks the daemon's own checksums."""
+        b = self.recv_exact(HEADER_SIZE)
+        if b is None:
+            return None
+        h = parse_header(b)
+        payload = b""
+        if h["payload_length"]:
+            payload = self.recv_exact(h["payload_length"])
+            if payload is None:
+                raise Fail("daemon closed the connection mid-record")
+        if h["flags"] & F_CHECKSUMMED and xxh3(payload) != h["payload_checksum"]:
+            raise Fail(f"daemon sent a {TYPE_NAMES.get(h['type'])} with a bad payload checksum")
+        return h, payload
+
+    def frames_until_eof(self, timeout=8.0):
+        """Every frame the daemon sends until it closes; KEEPALIVEs dropped."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Fail(f"daemon kept the connection open for {timeout:.0f} s")
+            self.s.settimeout(left)
+            try:
+                f = self.read_frame()
+            except Fail as e:
+                if "no data" in str(e):
+                    raise Fail(f"daemon kept the connection open for {timeout:.0f} s")
+                raise
+            if f is None:
+                return out
+            if f[0]["type"] != KEEPALIVE:
+                out.append(f)
+
+    def next_frame(self, what):
+        """The next non-KEEPALIVE frame; fails at EOF."""
+        while True:
+            f = self.read_frame()
+            if f is None:
+                raise Fail(f"daemon closed the connection while {what}")
+            if f[0]["type"] != KEEPALIVE:
+                return f
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def describe(frames):
+    return [TYPE_NAMES.get(h["type"], str(h["type"])) for h, _ in frames]
+
+
+def expect_dropped_silently(link, what):
+    """The daemon must close without answering HELLO (a malformed record)."""
+    frames = link.frames_until_eof()
+    if any(h["type"] == HELLO for h, _ in frames):
+        raise Fail(f"{what}: the daemon answered HELLO instead of dropping the connection")
+    return {"dropped": True, "frames": describe(frames)}
+
+
+def expect_refused(link, what, must_contain):
+    """The daemon must answer with an ERROR (seq 0) naming the problem, then close."""
+    frames = link.frames_until_eof()
+    kinds = describe(frames)
+    if any(h["type"] == HELLO for h, _ in frames):
+        raise Fail(f"{what}: the daemon accepted the handshake ({kinds})")
+    errors = [parse_error(p) for h, p in frames if h["type"] == ERROR]
+    if not errors:
+        raise Fail(f"{what}: connection closed without an ERROR record ({kinds})")
+    code, msg = errors[0]
+    for s in must_contain:
+        if s not in msg:
+            raise Fail(f"{what}: ERROR message {msg!r} does not mention {s!r}")
+    return {"dropped": True, "frames": kinds, "errno": code, "message": msg}
+
+
+# --- fake primary ------------------------------------------------------------------
+
+
+class Primary:
+    def __init__(self, args):
+        self.a = args
+
+    def link(self):
+        return Link.connect(self.a.host, self.a.port, self.a.bind)
+
+    def hello(self, **over):
+        kw = dict(resource=self.a.resource, node=self.a.node, role=ROLE_PRIMARY,
+                  data_size=self.a.size, extent_size=self.a.extent)
+        kw.update(over)
+        return frame(HELLO, hello_payload(**kw))
+
+    def handshake(self, link):
+        """A valid HELLO; the daemon's HELLO back, checked field by field."""
+        link.send(self.hello())
+        h, p = link.next_frame("waiting for its HELLO")
+        if h["type"] == ERROR:
+            raise Fail(f"valid HELLO refused: {parse_error(p)}")
+        if h["type"] != HELLO:
+            raise Fail(f"expected HELLO back, got {TYPE_NAMES.get(h['type'])}")
+        if h["seq"] != 0 or h["offset"] or h["length"]:
+            raise Fail(f"daemon's HELLO header {h}")
+        hello = parse_hello(p)
+        want = {"protocol_version": 1, "resource": self.a.resource, "node": self.a.peer_node,
+                "role": ROLE_SECONDARY, "data_size": self.a.size, "extent_size": self.a.extent}
+        for k, v in want.items():
+            if hello[k] != v:
+                raise Fail(f"daemon's HELLO: {k} is {hello[k]!r}, want {v!r}")
+        return hello
+
+    def write_frame(self, seq, offset, data, corrupt_checksum=False, flags=0):
+        pc = xxh3(data)
+        if corrupt_checksum:
+            pc ^= 1
+        return header(WRITE, flags | F_CHECKSUMMED, seq, offset, len(data), len(data), pc) + data
+
+    # Each scenario returns a dict for the JSON line, or raises Fail.
+    def sc_bad_magic(self):
+        link = self.link()
+        link.send(frame(HELLO, hello_payload(self.a.resource, self.a.node, ROLE_PRIMARY, self.a.size,
+                                             self.a.extent), magic=0xDEADBEEF))
+        return expect_dropped_silently(link, "bad magic")
+
+    def sc_bad_header_checksum(self):
+        link = self.link()
+        link.send(frame(HELLO, hello_payload(self.a.resource, self.a.node, ROLE_PRIMARY, self.a.size,
+                                             self.a.extent), bad_header_checksum=True))
+        return expect_dropped_silently(link, "bad header checksum")
+
+    def sc_oversized_payload(self):
+        # Only the header: a receiver that believed it would wait for 70 MB.
+        link = self.link()
+        link.send(header(HELLO, F_CHECKSUMMED, 0, 0, 0, 70_000_000, 0x1234))
+        t = time.monotonic()
+        r = expect_dropped_silently(link, "payload_length 70000000")
+        r["seconds"] = round(time.monotonic() - t, 3)
+        return r
+
+    def sc_unknown_type(self):
+        link = self.link()
+        link.send(header(42))
+        return expect_dropped_silently(link, "unknown type 42")
+
+    def sc_unknown_flag(self):
+        link = self.link()
+        p = hello_payload(self.a.resource, self.a.node, ROLE_PRIMARY, self.a.size, self.a.extent)
+        link.send(header(HELLO, 0x0100, 0, 0, 0, len(p)) + p)
+        return expect_dropped_silently(link, "reserved flag 0x100")
+
+    def sc_truncated_header(self):
+        link = self.link()
+        link.send(self.hello()[:24])
+        link.s.shutdown(socket.SHUT_WR)
+        return expect_dropped_silently(link, "half a header")
+
+    def sc_truncated_payload(self):
+        link = self.link()
+        f = self.hello()
+        link.send(f[:HEADER_SIZE + (len(f) - HEADER_SIZE) // 2])
+        link.s.shutdown(socket.SHUT_WR)
+        return expect_dropped_silently(link, "half a HELLO payload")
+
+    def sc_garbage_hello(self):
+        # A HELLO whose payload is not a Hello (checksummed correctly).
+        link = self.link()
+        link.send(frame(HELLO, b"\x00\x00\x00\x01\xff\xff" + b"x" * 10))
+        return expect_refused(link, "garbage HELLO", ["resource"])
+
+    def sc_write_before_hello(self):
+        link = self.link()
+        link.send(self.write_frame(1, 0, b"\x01" * 4096))
+        return expect_refused(link, "WRITE before HELLO", ["HELLO"])
+
+    def sc_wrong_resource(self):
+        link = self.link()
+        link.send(self.hello(resource="other"))
+        return expect_refused(link, "wrong resource", ["resource", f"'{self.a.resource}'", "'other'"])
+
+    def sc_wrong_size(self):
+        link = self.link()
+        bad = self.a.size * 2
+        link.send(self.hello(data_size=bad))
+        return expect_refused(link, "wrong size", ["size", str(self.a.size), str(bad)])
+
+    def sc_wrong_extent(self):
+        link = self.link()
+        bad = self.a.extent // 2
+        link.send(self.hello(extent_size=bad))
+        return expect_refused(link, "wrong extent size", ["extent size", str(self.a.extent), str(bad)])
+
+    def sc_wrong_node(self):
+        link = self.link()
+        link.send(self.hello(node="c"))
+        return expect_refused(link, "wrong node", ["'c'", f"'{self.a.node}'"])
+
+    def sc_wrong_role(self):
+        link = self.link()
+        link.send(self.hello(role=ROLE_SECONDARY))
+        return expect_refused(link, "HELLO from a secondary", ["primary"])
+
+    def sc_valid_write(self):
+        """Positive control: handshake, WRITE (checksummed) + FLUSH, both WRITTEN."""
+        link = self.link()
+        hello = self.handshake(link)
+        data = pattern(self.a.offset, 65536)
+        link.send(self.write_frame(1, self.a.offset, data) + header(FLUSH, 0, 2))
+        acks = {}
+        while len(acks) < 2:
+            h, p = link.next_frame("waiting for WRITTEN")
+            if h["type"] == ERROR:
+                raise Fail(f"record {h['seq']} failed: {parse_error(p)}")
+            if h["type"] != WRITTEN:
+                raise Fail(f"expected WRITTEN, got {TYPE_NAMES.get(h['type'])}")
+            acks[h["seq"]] = True
+        if sorted(acks) != [1, 2]:
+            raise Fail(f"WRITTEN for seqs {sorted(acks)}, want [1, 2]")
+        link.close()
+        return {"written": True, "peer_hello": hello}
+
+    def sc_bad_payload_checksum(self):
+        link = self.link()
+        self.handshake(link)
+        link.send(self.write_frame(1, self.a.offset, pattern(self.a.offset, 65536), corrupt_checksum=True))
+        frames = link.frames_until_eof()
+        if any(h["type"] == WRITTEN for h, _ in frames):
+            raise Fail("a WRITE with a bad payload checksum was acknowledged WRITTEN")
+        return {"dropped": True, "frames": describe(frames)}
+
+    def sc_oversized_after_hello(self):
+        link = self.link()
+        self.handshake(link)
+        link.send(header(WRITE, F_CHECKSUMMED, 1, 0, 4096, 70_000_000, 0x1234))
+        frames = link.frames_until_eof()
+        if any(h["type"] == WRITTEN for h, _ in frames):
+            raise Fail("an oversized WRITE was acknowledged")
+        return {"dropped": True, "frames": describe(frames)}
+
+    def sc_bad_lz4(self):
+        link = self.link()
+        self.handshake(link)
+        junk = bytes((i * 37 + 11) & 0xFF for i in range(200))
+        link.send(header(WRITE, F_LZ4 | F_CHECKSUMMED, 1, self.a.offset, 65536, len(junk), xxh3(junk)) + junk)
+        frames = link.frames_until_eof()
+        if any(h["type"] == WRITTEN for h, _ in frames):
+            raise Fail("a corrupt LZ4 WRITE was acknowledged")
+        return {"dropped": True, "frames": describe(frames)}
+
+    def sc_write_beyond_end(self):
+        """A WRITE past the device end is refused with ERROR; the link stays."""
+        link = self.link()
+        self.handshake(link)
+        link.send(self.write_frame(1, self.a.size - 4096, b"\x07" * 8192))
+        h, p = link.next_frame("waiting for the answer to a WRITE beyond the end")
+        if h["type"] != ERROR or h["seq"] != 1:
+            raise Fail(f"WRITE beyond the end answered with {TYPE_NAMES.get(h['type'])} seq {h['seq']}")
+        code, msg = parse_error(p)
+        link.send(header(FLUSH, 0, 2))
+        h2, _ = link.next_frame("waiting for WRITTEN of a FLUSH after the refused WRITE")
+        if h2["type"] != WRITTEN or h2["seq"] != 2:
+            raise Fail(f"FLUSH after a refused WRITE answered with {TYPE_NAMES.get(h2['type'])}")
+        link.close()
+        return {"errno": code, "message": msg}
+
+    def sc_not_configured_peer(self):
+        """From an address that is not the secondary's `remote`: closed unheard."""
+        link = self.link()
+        try:
+            link.send(self.hello())
+        except Fail:
+            return {"dropped": True, "frames": []}
+        return expect_dropped_silently(link, "connection from a foreign address")
+
+    def sc_handshake_only(self):
+        link = self.link()
+        hello = self.handshake(link)
+        link.close()
+        return {"peer_hello": hello}
+
+
+def pattern(offset, length):
+    """Deterministic bytes for a range, also computable by the shell test."""
+    seed = b"hostile-peer-%d" % offset
+    out = bytearray()
+    i = 0
+    while len(out) < length:
+        out += xxh3(seed + struct.pack(">Q", i)).to_bytes(8, "big")
+        i += 1
+    return bytes(out[:length])
+
+
+# --- fake secondary ------------------------------------------------------------------
+
+
+def secondary_wrong_size(args):
+    """Answer every real primary's HELLO with a HELLO for twice its size."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.host, args.port))
+    srv.listen(8)
+    deadline = time.monotonic() + args.deadline
+    seen = []
+    ready = os.environ.get("HOSTILE_READY")
+    if ready:
+        open(ready, "w").close()
+    while len(seen) < args.connections:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Fail(f"only {len(seen)} connection(s) from the primary in {args.deadline} s, "
+                       f"want {args.connections} (does it retry?)")
+        srv.settimeout(left)
+        try:
+            s, addr = srv.accept()
+        except socket.timeout:
+            continue
+        link = Link(s)
+        h, p = link.next_frame("waiting for the primary's HELLO")
+        if h["type"] != HELLO or h["seq"] != 0:
+            raise Fail(f"primary opened with {TYPE_NAMES.get(h['type'])} seq {h['seq']}")
+        theirs = parse_hello(p)
+        want = {"protocol_version": 1, "resource": args.resource, "node": args.peer_node,
+                "role": ROLE_PRIMARY}
+        for k, v in want.items():
+            if theirs[k] != v:
+                raise Fail(f"primary's HELLO: {k} is {theirs[k]!r}, want {v!r}")
+        bad = theirs["data_size"] * 2
+        link.send(frame(HELLO, hello_payload(args.resource, args.node, ROLE_SECONDARY, bad,
+                                             theirs["extent_size"])))
+        frames = link.frames_until_eof()
+        errors = [parse_error(p) for h, p in frames if h["type"] == ERROR]
+        if any(h["type"] in (WRITE, TRIM, WRITE_ZEROES, FLUSH, READ) for h, _ in frames):
+            raise Fail(f"the primary sent records after a mismatched HELLO: {describe(frames)}")
+        seen.append({"from": addr[0], "time": round(time.monotonic(), 3), "frames": describe(frames),
+                     "error": errors[0][1] if errors else None, "their_size": theirs["data_size"],
+                     "our_size": bad})
+        link.close()
+    srv.close()
+    return {"connections": seen}
+
+
+def secondary_no_acks(args):
+    """Accept the real primary's handshake with a matching HELLO, then read
+    its records and never acknowledge one, while sending KEEPALIVEs (a live
+    secondary whose disk hangs). Runs until --deadline, or until the primary
+    drops the link; reports what it received."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.host, args.port))
+    srv.listen(8)
+    ready = os.environ.get("HOSTILE_READY")
+    if ready:
+        open(ready, "w").close()
+    deadline = time.monotonic() + args.deadline
+    srv.settimeout(args.deadline)
+    s, addr = srv.accept()
+    link = Link(s)
+    h, p = link.next_frame("waiting for the primary's HELLO")
+    theirs = parse_hello(p)
+    link.send(frame(HELLO, hello_payload(args.resource, args.node, ROLE_SECONDARY, theirs["data_size"],
+                                         theirs["extent_size"])))
+    records = 0
+    last_ka = time.monotonic()
+    dropped_after = None
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        if time.monotonic() - last_ka >= 0.5:
+            link.send(header(KEEPALIVE))
+            last_ka = time.monotonic()
+        readable, _, _ = select.select([link.s], [], [], 0.2)
+        if not readable:
+            continue
+        link.s.settimeout(IO_TIMEOUT)
+        f = link.read_frame()
+        if f is None:
+            dropped_after = round(time.monotonic() - start, 3)
+            break
+        if f[0]["type"] in (WRITE, TRIM, WRITE_ZEROES, FLUSH):
+            records += 1
+    link.close()
+    srv.close()
+    return {"records": records, "dropped_after": dropped_after}
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=["primary", "secondary"])
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("scenario")
+    ap.add_argument("--bind")
+    ap.add_argument("--resource", default="data")
+    ap.add_argument("--node")
+    ap.add_argument("--peer-node")
+    ap.add_argument("--size", type=int, default=256 << 20)
+    ap.add_argument("--extent", type=int, default=2 << 20)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--connections", type=int, default=3)
+    ap.add_argument("--deadline", type=float, default=20.0)
+    a = ap.parse_args(argv)
+    if a.mode == "primary":
+        a.node = a.node or "a"
+        a.peer_node = a.peer_node or "b"
+    else:
+        a.node = a.node or "b"
+        a.peer_node = a.peer_node or "a"
+    return a
+
+
+def scenarios():
+    return sorted(n[3:] for n in dir(Primary) if n.startswith("sc_"))
+
+
+def main(argv):
+    if argv == ["--list-scenarios"]:
+        print("\n".join(["primary: " + s for s in scenarios()] + ["secondary: wrong_size", "secondary: no_acks"]))
+        return 0
+    if len(argv) >= 2 and argv[0] == "--pattern":
+        # --pattern OFFSET LENGTH: the bytes WRITE scenarios write there.
+        sys.stdout.buffer.write(pattern(int(argv[1]), int(argv[2])))
+        return 0
+    a = parse_args(argv)
+    try:
+        if a.mode == "primary":
+            fn = getattr(Primary(a), "sc_" + a.scenario, None)
+            if fn is None:
+                print(f"unknown scenario {a.scenario}", file=sys.stderr)
+                return 2
+            result = fn()
+        else:
+            fn = {"wrong_size": secondary_wrong_size, "no_acks": secondary_no_acks}.get(a.scenario)
+            if fn is None:
+                print(f"unknown scenario {a.scenario}", file=sys.stderr)
+                return 2
+            result = fn(a)
+    except Fail as e:
+        print(f"FAIL: {a.mode} {a.scenario}: {e}", file=sys.stderr)
+        return 1
+    except (ConnectionRefusedError, socket.timeout, OSError) as e:
+        print(f"FAIL: {a.mode} {a.scenario}: {e}", file=sys.stderr)
+        return 1
+    result["scenario"] = a.scenario
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Hostile and wrong peers on the replication link (hostile_peer.py speaks
+# docs/protocol.md byte by byte).
+#  (ii)  The secondary refuses a connection from an address that is not its
+#        configured `remote` (logged, counted), and accepts one that is.
+#  (i)   A fake PRIMARY against a real secondary: bad magic, bad header
+#        checksum, payload_length over 64 MiB, unknown type, reserved flag,
+#        half a header, half a payload, a HELLO that is not a Hello, WRITE
+#        before HELLO, HELLOs with the wrong resource, size, extent size, node
+#        name or role, and after a valid handshake a WRITE with a bad payload
+#        checksum, an oversized WRITE and a corrupt LZ4 block. Each connection
+#        is dropped with a log line on the secondary naming the problem (and
+#        both values, for a mismatch), nothing of a refused record reaches the
+#        disk, and the secondary keeps running; a valid WRITE from the fake
+#        primary does land. Then the real primary connects and replicates:
+#        files identical.
+#  (iii) A fake SECONDARY answering the real primary's HELLO with the wrong
+#        size: the primary logs both sizes, keeps retrying, and serves NBD
+#        clients degraded meanwhile.
+source "$(dirname "$0")/lib.sh"
+require_root
+require_cmd fio qemu-io nbdinfo ss cmp
+
+HOSTILE="$LIB_DIR/hostile_peer.py"
+MIB=1048576
+SIZE=$((256 * MIB))
+EXTENT=$((2 * MIB))
+read -r pa pb pc pf <<<"$(free_ports 4)"
+
+dir="$T/pair"
+mkdir -p "$dir"
+conf="$dir/hastnbd.yaml"
+conf_foreign="$dir/hastnbd-foreign.yaml"
+write_pair_config "$conf" "127.0.0.1:$pa" "127.0.0.1:$pb"
+# The same pair, but node b expects its primary at 127.0.0.2.
+PAIR_REMOTE_B="127.0.0.2:$pa" write_pair_config "$conf_foreign" "127.0.0.1:$pa" "127.0.0.1:$pb"
+create_resource "$conf" a data >/dev/null
+create_resource "$conf" b data >/dev/null
+log_b="$(daemon_log b)"
+log_a="$(daemon_log a)"
+
+# hostile MODE SCENARIO [ARGS...]: run hostile_peer.py, bounded; its JSON
+# line in $T/hostile.json. Dies if it reports a failure.
+hostile() {
+  local mode="$1" sc="$2" host port
+  shift 2
+  if [ "$mode" = primary ]; then host=127.0.0.1 port=$pb; else host=127.0.0.1 port=$pf; fi
+  with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" "$mode" "$host" "$port" "$sc" \
+    --size "$SIZE" --extent "$EXTENT" "$@" >"$T/hostile.json" 2>"$T/hostile.err" || {
+    cat "$T/hostile.err" >&2
+    show_log "$log_b"
+    die "hostile peer ($mode $sc) failed"
+  }
+  cat "$T/hostile.json" >&2
+}
+
+json_of() {  # SUBSCRIPT: a field of the last hostile run's JSON
+  "$HASTNBD_PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))$1)" "$T/hostile.json"
+}
+
+# expect_log FILE LINES_BEFORE WHAT SUBSTRING...: within 5 s, one line
+# logged after LINES_BEFORE holds every SUBSTRING.
+_log_has() {
+  local f="$1" from="$2" line
+  shift 2
+  while IFS= read -r line; do
+    local s ok=1
+    for s in "$@"; do [[ "$line" == *"$s"* ]] || { ok=0; break; }; done
+    [ "$ok" = 1 ] && return 0
+  done < <(log_since "$f" "$from")
+  return 1
+}
+expect_log() {
+  local f="$1" from="$2" what="$3"
+  shift 3
+  if ! wait_for 5 "log line for $what" _log_has "$f" "$from" "$@"; then
+    echo "---- lines logged since the event ----" >&2
+    log_since "$f" "$from" >&2
+    die "$what: no log line containing all of: $(printf "'%s' " "$@")"
+  fi
+}
+
+secondary_alive() {  # WHAT
+  kill -0 "$pid_b" 2>/dev/null || { show_log "$log_b"; die "the secondary died after: $1"; }
+  hastnbd_ctl "$conf" b status data >/dev/null || die "the secondary does not answer status after: $1"
+  [ "$(status_field "$conf" b '["role"]')" = secondary ] || die "the secondary left its role after: $1"
+}
+
+# --- (ii) a connection from an address that is not the configured peer -----------
+start_daemon "$conf_foreign" b data
+pid_b=$DAEMON_PID
+hastnbd_ctl "$conf_foreign" b role secondary data >/dev/null || die "role secondary failed"
+n=$(wc -l <"$log_b")
+hostile primary not_configured_peer --bind 127.0.0.1
+expect_log "$log_b" "$n" "connection from 127.0.0.1" "refused connection from 127.0.0.1:" \
+  "not the configured peer" "127.0.0.2:$pa"
+refused="$(status_field "$conf_foreign" b '["peer"]["refused"]')"
+[ "$refused" -gt 0 ] || die "refused counter is $refused after a connection from a foreign address"
+! log_since "$log_b" "$n" | grep -q "primary a connected" || die "a foreign address got a session"
+# The configured address is accepted (the same Hello, from 127.0.0.2).
+hostile primary handshake_only --bind 127.0.0.2
+expect_log "$log_b" "$n" "connection from 127.0.0.2" "primary a connected from 127.0.0.2:"
+kill -0 "$pid_b" || die "secondary died in (ii)"
+stop_daemon "$pid_b"
+log "(ii) foreign address refused ($refused), configured address accepted"
+
+# --- (i) a fake primary against the real secondary -----------------------------
+start_daemon "$conf" b data
+pid_b=$DAEMON_PID
+hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary failed"
+hwm0="$(awk '/^VmHWM/ {print $2}' "/proc/$pid_b/status")"
+
+# scenario SCENARIO SUBSTRING...: run it (writing at $SC_OFFSET, default 0),
+# then the log line and a live secondary.
+scenario() {
+  local sc="$1" n
+  shift
+  n=$(wc -l <"$log_b")
+  hostile primary "$sc" --offset "${SC_OFFSET:-0}"
+  expect_log "$log_b" "$n" "$sc" "$@"
+  secondary_alive "$sc"
+  log "(i) $sc: dropped, logged, secondary alive"
+}
+scenario bad_magic "dropped during handshake" "bad magic 0xdeadbeef" "0x484e4244"
+scenario bad_header_checksum "dropped during handshake" "header checksum mismatch"
+scenario oversized_payload "dropped during handshake" "payload_length 70000000 exceeds the limit 67108864"
+secs="$(json_of '["seconds"]')"
+"$HASTNBD_PYTHON" -c "import sys; sys.exit(float(sys.argv[1]) >= 3)" "$secs" \
+  || die "oversized payload_length: the secondary took $secs s to drop the link (waited for the payload?)"
+scenario unknown_type "dropped during handshake" "unknown record type 42"
+scenario unknown_flag "dropped during handshake" "unknown flags 0x100"
+scenario truncated_header "dropped during handshake" "closed the connection"
+scenario truncated_payload "dropped during handshake" "closed the connection mid-frame"
+scenario garbage_hello "refused the primary's connection" "resource length 65535"
+scenario write_before_hello "refused the primary's connection" "expected HELLO, got WRITE"
+scenario wrong_resource "refused the primary's connection" "resource name differs" "'data'" "'other'"
+[[ "$(json_of '["message"]')" == *"'other'"* ]] || die "ERROR record for a wrong resource does not name it"
+scenario wrong_size "refused the primary's connection" "resource size differs" "$SIZE" "$((2 * SIZE))"
+scenario wrong_extent "refused the primary's connection" "extent size differs" "$EXTENT" "$((EXTENT / 2))"
+scenario wrong_node "refused the primary's connection" "peer identifies as node 'c'" "expected 'a'"
+scenario wrong_role "refused the primary's connection" "is not primary"
+refused="$(status_field "$conf" b '["peer"]["refused"]')"
+[ "$refused" -ge 7 ] || die "refused counter $refused after 7 refused handshakes"
+
+# Positive control: the fake primary's valid WRITE lands (so the refusals
+# above are about what was wrong, not about our encoding).
+off_ok=$((10 * MIB))
+SC_OFFSET=$off_ok scenario valid_write "primary a connected"
+"$HASTNBD_PYTHON" "$HOSTILE" --pattern "$off_ok" 65536 >"$T/pattern.bin"
+cmp -n 65536 -i "0:$off_ok" "$T/pattern.bin" "$dir/disk-b.img" \
+  || die "valid WRITE from the fake primary not on the secondary's disk"
+[ "$(json_of '["peer_hello"]["node"]')" = b ] || die "the secondary's HELLO does not name node b"
+
+off_bad=$((20 * MIB))
+SC_OFFSET=$off_bad scenario bad_payload_checksum "primary disconnected" "payload checksum mismatch at seq 1"
+cmp -n 65536 -i "0:$off_bad" /dev/zero "$dir/disk-b.img" \
+  || die "a WRITE with a bad payload checksum was (partly) applied on the secondary"
+scenario oversized_after_hello "primary disconnected" "WRITE: payload_length 70000000 exceeds the limit 67108864"
+off_lz4=$((30 * MIB))
+SC_OFFSET=$off_lz4 scenario bad_lz4 "primary disconnected" "LZ4"
+cmp -n 65536 -i "0:$off_lz4" /dev/zero "$dir/disk-b.img" || die "a corrupt LZ4 WRITE was applied on the secondary"
+n=$(wc -l <"$log_b")
+hostile primary write_beyond_end
+[[ "$(json_of '["message"]')" == *"beyond the end"* ]] || die "ERROR for a WRITE beyond the end: $(json_of '["message"]')"
+secondary_alive write_beyond_end
+cmp -n 4096 -i "0:$((SIZE - 4096))" /dev/zero "$dir/disk-b.img" || die "a WRITE beyond the end changed the last block"
+
+# No refused record made the secondary allocate what a header announced.
+hwm1="$(awk '/^VmHWM/ {print $2}' "/proc/$pid_b/status")"
+log "(i) secondary peak RSS: ${hwm0} KiB before, ${hwm1} KiB after the hostile peer"
+[ "$hwm1" -lt $((hwm0 + 48 * 1024)) ] \
+  || die "the secondary's peak RSS grew from $hwm0 to $hwm1 KiB under a hostile peer"
+
+# The real primary now connects and replicates.
+start_daemon "$conf" a data
+pid_a=$DAEMON_PID
+make_primary "$conf" a data
+wait_peer_state "$conf" a connected 10 || { show_log "$log_a"; die "the real primary could not connect after the hostile peer"; }
+sock="$(nbd_socket "$conf" a data)"
+# The fake primary wrote at off_ok; write that range through the real one too
+# so the two disks can be compared whole.
+fio_verify "$sock" $((16 * MIB)) 0 60 real
+nbd_flush "$sock"
+_inflight_zero() { [ "$(status_field "$conf" a '["peer"]["inflight_bytes"]')" = 0 ]; }
+wait_for 20 "inflight 0" _inflight_zero || die "records in flight after the flush"
+[ "$(status_field "$conf" a '["writes"]["degraded"]')" = 0 ] || die "real primary: writes degraded"
+stop_daemon "$pid_a"
+stop_daemon "$pid_b"
+# The fake primary's valid write (at 10 MiB, inside fio's 32 MiB) was
+# overwritten by fio; the refused ones never reached either disk.
+cmp "$dir/disk-a.img" "$dir/disk-b.img" || die "files differ after the real primary's replicated run"
+log "(i) real primary replicated after the hostile peer; files identical"
+
+# --- (iii) a fake secondary with the wrong size -----------------------------------
+dir3="$T/iii"
+mkdir -p "$dir3"
+conf3="$dir3/hastnbd.yaml"
+write_pair_config "$conf3" "127.0.0.1:$pc" "127.0.0.1:$pf"
+create_resource "$conf3" a data >/dev/null
+HOSTILE_READY="$T/hostile.ready" with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" secondary 127.0.0.1 "$pf" wrong_size \
+  --connections 3 --deadline 30 >"$T/fake-secondary.json" 2>"$T/fake-secondary.err" &
+fake=$!
+track_pid "$fake"
+wait_for 10 "fake secondary listening" test -e "$T/hostile.ready" || die "fake secondary did not start"
+n=$(wc -l <"$log_a")
+start_daemon "$conf3" a data
+pid_a=$DAEMON_PID
+make_primary "$conf3" a data
+sock3="$(nbd_socket "$conf3" a data)"
+expect_log "$log_a" "$n" "size mismatch with the fake secondary" "cannot connect to b" \
+  "resource size differs" "here $SIZE bytes" "$((2 * SIZE))"
+# Degraded but serving.
+[ "$(with_timeout 20 nbdinfo --size "$(nbd_uri "$sock3" data)")" = "$SIZE" ] || die "nbdinfo on the degraded primary failed"
+_qemu_io "$(nbd_uri "$sock3" data)" "write -P 0x5c 1048576 65536" "flush" >/dev/null
+out="$(_qemu_io "$(nbd_uri "$sock3" data)" "read -P 0x5c 1048576 65536")"
+grep -q "^read 65536/65536" <<<"$out" || die "read back on the degraded primary failed"
+[ "$(status_field "$conf3" a '["peer"]["state"]')" != connected ] || die "primary connected to a secondary of the wrong size"
+[ "$(status_field "$conf3" a '["writes"]["degraded"]')" -gt 0 ] || die "writes not counted degraded"
+# And it kept retrying: the fake secondary saw 3 connections.
+rc=0
+wait "$fake" || rc=$?
+[ "$rc" -eq 0 ] || { cat "$T/fake-secondary.err" >&2; die "fake secondary: the primary did not retry (exit $rc)"; }
+"$HASTNBD_PYTHON" - "$T/fake-secondary.json" "$SIZE" <<'EOF' || die "the primary's answer to a wrong-size HELLO"
+import json, sys
+r = json.load(open(sys.argv[1]))
+size = sys.argv[2]
+for c in r["connections"]:
+    e = c["error"]
+    if not e or size not in e or str(2 * int(size)) not in e:
+        sys.exit(f"connection {c}: the primary's ERROR does not name both sizes")
+print(f"{len(r['connections'])} attempts, each refused: {r['connections'][0]['error']}", file=sys.stderr)
+EOF
+kill -0 "$pid_a" || die "primary died"
+stop_daemon "$pid_a"
+log "t_peer_hostile: malformed and mismatched peers refused and logged; real pair replicates"
