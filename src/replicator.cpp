@@ -79,7 +79,23 @@ void Replicator::fail_pending(const std::string& why) {
     rec->settled.set();
   }
   inflight_bytes_ = 0;
+  ack_order_.clear();
   changed_.notify_all();
+}
+
+awaitable<void> Replicator::ack_watchdog(std::shared_ptr<PeerConnection> conn) {
+  const auto limit = std::chrono::seconds(config_.timeout);
+  asio::steady_timer timer(io_);
+  while (conn->is_open()) {
+    timer.expires_after(std::max<std::chrono::milliseconds>(limit / 4, std::chrono::milliseconds(100)));
+    co_await timer.async_wait(use_nothrow);
+    while (!ack_order_.empty() && !pending_.contains(ack_order_.front().first)) ack_order_.pop_front();
+    if (conn->is_open() && !ack_order_.empty() &&
+        std::chrono::steady_clock::now() - ack_order_.front().second >= limit) {
+      conn->close("the secondary did not acknowledge record " + std::to_string(ack_order_.front().first) +
+                  " within " + std::to_string(config_.timeout) + " s");
+    }
+  }
 }
 
 void Replicator::settle(uint64_t seq, bool ok, const std::string& error) {
@@ -133,6 +149,7 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
     payload = std::move(enc.payload);
   }
   pending_.emplace(rec->seq, rec);
+  ack_order_.emplace_back(rec->seq, std::chrono::steady_clock::now());
   inflight_bytes_ += cost;
   conn_->send(h, std::move(payload), data.size());
   co_return rec;
@@ -251,6 +268,7 @@ awaitable<void> Replicator::run(uint64_t run_id) {
       spdlog::info("peer: connected to {} at {} ({} mode)", peer_name_, config_.remote->to_string(),
                    to_string(config_.replication));
       if (on_connected) on_connected();
+      asio::co_spawn(io_, ack_watchdog(conn), asio::detached);
       co_await read_acks(conn);
       std::string why = conn->close_reason();
       totals_.add(conn->stats());

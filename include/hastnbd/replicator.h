@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <deque>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -71,6 +72,7 @@ class Replicator {
   awaitable<void> run(uint64_t run_id);
   awaitable<Status> handshake(std::shared_ptr<PeerConnection> conn);
   awaitable<void> read_acks(std::shared_ptr<PeerConnection> conn);
+  awaitable<void> ack_watchdog(std::shared_ptr<PeerConnection> conn);
   void fail_pending(const std::string& why);
   void settle(uint64_t seq, bool ok, const std::string& error);
   void set_state(PeerState s);
@@ -84,6 +86,9 @@ class Replicator {
   std::string last_error_;
   std::shared_ptr<PeerConnection> conn_;
   std::unordered_map<uint64_t, std::shared_ptr<Record>> pending_;
+  // Records in submission order with their send time: a secondary that stays
+  // reachable (keepalives) but stops acknowledging must not stall writers.
+  std::deque<std::pair<uint64_t, std::chrono::steady_clock::time_point>> ack_order_;
   uint64_t next_seq_ = 1;
   uint32_t lz4_skip_ = 0;     // records left to send without trying lz4
   uint32_t lz4_backoff_ = 0;  // current skip length after a miss
