@@ -100,6 +100,15 @@ void PeerConnection::send(const peer::Header& header, std::vector<uint8_t> paylo
   changed_.notify_all();
 }
 
+void PeerConnection::send_error(uint64_t seq, const Status& status) {
+  peer::Header h;
+  h.type = peer::kError;
+  h.seq = seq;
+  auto payload = peer::encode_error(status.code(), status.message());
+  h.payload_length = uint32_t(payload.size());
+  send(h, std::move(payload));
+}
+
 awaitable<void> PeerConnection::drain_sends() {
   while (open_ && (!queue_.empty() || writing_)) co_await changed_.wait();
 }

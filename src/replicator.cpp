@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "hastnbd/logging.h"
+
 #include "hastnbd/role.h"
 
 namespace hastnbd {
@@ -11,12 +13,6 @@ constexpr auto kFirstBackoff = std::chrono::seconds(1);
 constexpr auto kMaxBackoff = std::chrono::seconds(10);
 constexpr uint32_t kMaxLz4Backoff = 64;
 
-std::string iso_time(std::chrono::system_clock::time_point t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-  return buf;
-}
 }  // namespace
 
 const char* to_string(PeerState s) {
@@ -181,11 +177,7 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   if (s.ok() && theirs->role != uint8_t(Role::kSecondary))
     s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not in role secondary");
   if (!s.ok()) {
-    peer::Header eh;
-    eh.type = peer::kError;
-    auto ep = peer::encode_error(s.code(), s.message());
-    eh.payload_length = uint32_t(ep.size());
-    conn->send(eh, std::move(ep));
+    conn->send_error(0, s);
     co_await conn->drain_sends();
   }
   co_return s;

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+
+#include "hastnbd/logging.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,12 +13,6 @@ namespace hastnbd {
 
 namespace {
 
-std::string iso_time(std::chrono::system_clock::time_point t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-  return buf;
-}
 
 Status make_dir(const std::string& dir) {
   std::error_code ec;

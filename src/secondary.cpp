@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "hastnbd/logging.h"
+
 #include "hastnbd/role.h"
 
 namespace hastnbd {
@@ -9,12 +11,6 @@ namespace hastnbd {
 namespace {
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 
-std::string iso_time(std::chrono::system_clock::time_point t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-  return buf;
-}
 }  // namespace
 
 Secondary::Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
@@ -115,15 +111,6 @@ void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
   conn.send(h);
 }
 
-void Secondary::reply_error(PeerConnection& conn, uint64_t seq, const Status& s) {
-  peer::Header h;
-  h.type = peer::kError;
-  h.seq = seq;
-  auto payload = peer::encode_error(s.code(), s.message());
-  h.payload_length = uint32_t(payload.size());
-  conn.send(h, std::move(payload));
-}
-
 awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) {
   auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
   conn->start();
@@ -147,7 +134,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
     ++refused_;
     last_error_ = s.message();
     spdlog::error("peer: refused the primary's connection from {}: {}", who, s.message());
-    reply_error(*conn, 0, s);
+    conn->send_error(0, s);
     co_await conn->drain_sends();
     conn->close("handshake refused: " + s.message());
     co_return;
@@ -182,7 +169,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
       case peer::kWriteZeroes:
       case peer::kFlush: {
         if (h.type != peer::kFlush && (h.offset > size || h.length > size - h.offset)) {
-          reply_error(*conn, h.seq, Status::Error(EINVAL, "record beyond the end of the device"));
+          conn->send_error(h.seq, Status::Error(EINVAL, "record beyond the end of the device"));
           continue;
         }
         if (h.flags & peer::kFlagWantReceived) reply(*conn, peer::kReceived, h.seq);
@@ -195,7 +182,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
       }
       case peer::kRead:
         if (h.offset > size || h.length > size - h.offset) {
-          reply_error(*conn, h.seq, Status::Error(EINVAL, "read beyond the end of the device"));
+          conn->send_error(h.seq, Status::Error(EINVAL, "read beyond the end of the device"));
           continue;
         }
         ++applying_;
@@ -248,7 +235,7 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
       ++apply_errors_;
       spdlog::error("peer: applying record {} ({} at {}+{}) failed: {}", h.seq, peer::type_name(h.type), h.offset,
                     h.length, s.message());
-      reply_error(*conn, h.seq, s);
+      conn->send_error(h.seq, s);
     }
   }
   guard.release();
@@ -261,7 +248,7 @@ awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, p
   Status s = co_await disk_.read(h.offset, data);
   if (conn->is_open()) {
     if (!s.ok()) {
-      reply_error(*conn, h.seq, s);
+      conn->send_error(h.seq, s);
     } else {
       auto enc = peer::encode_payload(data.span(), config_.compression, config_.checksum);
       peer::Header r;

@@ -46,11 +46,19 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<Result<Frame>> read_frame();
   // Queue a frame; payload_length and the checksum field come from `header`.
   void send(const peer::Header& header, std::vector<uint8_t> payload = {}, uint64_t data_bytes = 0);
+  // Queue a kError record about record `seq` (0: about the connection).
+  void send_error(uint64_t seq, const Status& status);
   // Waits until the send queue is empty (or the link is closed).
   awaitable<void> drain_sends();
   void close(const std::string& reason);
   // After the handshake the configured link timeout replaces the handshake's.
-  void set_timeout(std::chrono::seconds t) { timeout_ = t; }
+  void set_timeout(std::chrono::seconds t) {
+    timeout_ = t;
+    // Both loops re-arm with the new period at once: a keepalive timer still
+    // running on the handshake's period would let the peer's watchdog fire.
+    keepalive_timer_.cancel();
+    watchdog_timer_.cancel();
+  }
 
   bool is_open() const { return open_; }
   const std::string& close_reason() const { return close_reason_; }

@@ -44,7 +44,6 @@ class Secondary {
   awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
   awaitable<void> read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h);
   void reply(PeerConnection& conn, uint8_t type, uint64_t seq);
-  void reply_error(PeerConnection& conn, uint64_t seq, const Status& s);
 
   asio::io_context& io_;
   BufferPool& pool_;
