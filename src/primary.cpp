@@ -23,7 +23,7 @@ awaitable<Status> Primary::read(uint64_t offset, Buffer& out) {
   auto rec = co_await replicator_->remote_read(offset, uint32_t(out.size()));
   if (!rec) co_return s;
   co_await rec->settled.wait();
-  if (!rec->ok) {
+  if (!rec->ok || rec->data.size() != out.size()) {
     spdlog::error("local read failed ({}) and so did the secondary: {}", s.message(), rec->error);
     co_return s;
   }

@@ -115,6 +115,9 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
   if (!connected()) co_return nullptr;
   auto rec = std::make_shared<Record>(io_.get_executor());
   rec->seq = next_seq_++;
+  rec->type = type;
+  rec->offset = offset;
+  rec->length = length;
   rec->cost = cost;
   peer::Header h;
   h.type = type;
@@ -194,9 +197,15 @@ awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
       case peer::kReceived:
         if (auto it = pending_.find(h.seq); it != pending_.end()) it->second->received.set();
         break;
-      case peer::kWritten:
+      case peer::kWritten: {
+        auto it = pending_.find(h.seq);
+        if (it != pending_.end() && it->second->type == peer::kRead) {
+          conn->close("the secondary answered READ " + std::to_string(h.seq) + " with WRITTEN");
+          co_return;
+        }
         settle(h.seq, true, "");
         break;
+      }
       case peer::kError: {
         auto e = peer::decode_error(f->payload.span());
         std::string msg = e.ok() ? e->second : "unreadable error record";
@@ -207,6 +216,15 @@ awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
       case peer::kReadReply: {
         auto it = pending_.find(h.seq);
         if (it == pending_.end()) break;
+        const Record& rec = *it->second;
+        if (rec.type != peer::kRead || h.offset != rec.offset || h.length != rec.length) {
+          // Data for another request or range would reach a client as if it
+          // were the range it asked for.
+          conn->close("the secondary's READ_REPLY " + std::to_string(h.seq) + " (" + std::to_string(h.offset) +
+                      "+" + std::to_string(h.length) + ") does not answer " + peer::type_name(rec.type) + " " +
+                      std::to_string(rec.offset) + "+" + std::to_string(rec.length));
+          co_return;
+        }
         Buffer data = pool_.get(h.length);
         Status s = peer::decode_payload(h, f->payload.span(), data.span());
         if (!s.ok()) {
@@ -268,7 +286,10 @@ awaitable<void> Replicator::run(uint64_t run_id) {
       last_error_ = why;
       fail_pending("link to the secondary lost: " + why);
       set_state(PeerState::kDisconnected);
-      spdlog::warn("peer: disconnected from {}: {}; writes continue locally (degraded)", peer_name_, why);
+      if (current())
+        spdlog::warn("peer: disconnected from {}: {}; writes continue locally (degraded)", peer_name_, why);
+      else
+        spdlog::info("peer: link to {} closed: {}", peer_name_, why);
       if (on_disconnected) on_disconnected(why);
       backoff = kFirstBackoff;
       if (!current()) break;

@@ -33,6 +33,9 @@ const char* to_string(PeerState s);
 struct Record {
   explicit Record(asio::any_io_executor ex) : received(ex), settled(ex) {}
   uint64_t seq = 0;
+  uint8_t type = 0;       // what was sent: the reply must match it
+  uint64_t offset = 0;
+  uint32_t length = 0;
   uint64_t cost = 0;      // bytes counted against max_inflight
   Latch received;         // the secondary has the record (memsync ack point)
   Latch settled;          // written on the secondary, or failed

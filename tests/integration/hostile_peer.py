@@ -11,7 +11,8 @@ Usage:
 Options: --bind ADDR (source address of the connection), --resource NAME,
 --node NAME (the name this fake peer claims), --peer-node NAME (the real
 daemon's node name), --size BYTES, --extent BYTES, --offset BYTES (where
-WRITE scenarios write), --connections N and --deadline SECS (secondary mode).
+WRITE scenarios write), --connections N, --deadline SECS and --variant NAME
+(secondary mode).
 
 Exits 0 when the daemon behaved as expected, 1 with "FAIL: ..." otherwise,
 2 for usage errors. Prints one JSON line describing what happened (e.g. the
@@ -599,6 +600,71 @@ def secondary_no_acks(args):
     return {"records": records, "dropped_after": dropped_after}
 
 
+def secondary_bad_read_reply(args):
+    """Accept the real primary's handshake and acknowledge its writes
+    properly, but answer every READ wrongly (--variant): `correct` (the
+    control: a proper READ_REPLY of 0xc3 bytes), `written` (a WRITTEN
+    instead of a READ_REPLY: no data at all), `short` (a READ_REPLY of half
+    the length asked for), `other_range` (a READ_REPLY for another offset).
+    Reports the READs it saw and whether the primary dropped the link."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.host, args.port))
+    srv.listen(8)
+    ready = os.environ.get("HOSTILE_READY")
+    if ready:
+        open(ready, "w").close()
+    deadline = time.monotonic() + args.deadline
+    srv.settimeout(args.deadline)
+    s, addr = srv.accept()
+    link = Link(s)
+    h, p = link.next_frame("waiting for the primary's HELLO")
+    theirs = parse_hello(p)
+    link.send(frame(HELLO, hello_payload(args.resource, args.node, ROLE_SECONDARY, theirs["data_size"],
+                                         theirs["extent_size"])))
+    reads = []
+    dropped = False
+    last_ka = time.monotonic()
+    while time.monotonic() < deadline:
+        if time.monotonic() - last_ka >= 0.5:
+            link.send(header(KEEPALIVE))
+            last_ka = time.monotonic()
+        readable, _, _ = select.select([link.s], [], [], 0.2)
+        if not readable:
+            continue
+        link.s.settimeout(IO_TIMEOUT)
+        try:
+            f = link.read_frame()
+        except Fail:
+            f = None
+        if f is None:
+            dropped = True
+            break
+        h, p = f
+        if h["flags"] & F_WANT_RECEIVED:
+            link.send(header(RECEIVED, 0, h["seq"]))
+        if h["type"] in (WRITE, TRIM, WRITE_ZEROES, FLUSH):
+            link.send(header(WRITTEN, 0, h["seq"]))
+        elif h["type"] == READ:
+            reads.append({"seq": h["seq"], "offset": h["offset"], "length": h["length"]})
+            if args.variant == "correct":
+                link.send(frame(READ_REPLY, b"\xc3" * h["length"], seq=h["seq"], offset=h["offset"],
+                                length=h["length"]))
+            elif args.variant == "written":
+                link.send(header(WRITTEN, 0, h["seq"]))
+            elif args.variant == "short":
+                n = max(h["length"] // 2, 1)
+                link.send(frame(READ_REPLY, b"\xee" * n, seq=h["seq"], offset=h["offset"], length=n))
+            elif args.variant == "other_range":
+                link.send(frame(READ_REPLY, b"\xee" * h["length"], seq=h["seq"],
+                                offset=h["offset"] + h["length"], length=h["length"]))
+            else:
+                raise Fail(f"unknown --variant {args.variant}")
+    link.close()
+    srv.close()
+    return {"reads": reads, "dropped": dropped}
+
+
 # --- main ----------------------------------------------------------------------------
 
 
@@ -618,6 +684,7 @@ def parse_args(argv):
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--connections", type=int, default=3)
     ap.add_argument("--deadline", type=float, default=20.0)
+    ap.add_argument("--variant", default="written")
     a = ap.parse_args(argv)
     if a.mode == "primary":
         a.node = a.node or "a"
@@ -634,7 +701,7 @@ def scenarios():
 
 def main(argv):
     if argv == ["--list-scenarios"]:
-        print("\n".join(["primary: " + s for s in scenarios()] + ["secondary: wrong_size", "secondary: no_acks"]))
+        print("\n".join(["primary: " + s for s in scenarios()] + ["secondary: wrong_size", "secondary: no_acks", "secondary: bad_read_reply"]))
         return 0
     if len(argv) >= 2 and argv[0] == "--pattern":
         # --pattern OFFSET LENGTH: the bytes WRITE scenarios write there.
@@ -649,7 +716,8 @@ def main(argv):
                 return 2
             result = fn()
         else:
-            fn = {"wrong_size": secondary_wrong_size, "no_acks": secondary_no_acks}.get(a.scenario)
+            fn = {"wrong_size": secondary_wrong_size, "no_acks": secondary_no_acks,
+                  "bad_read_reply": secondary_bad_read_reply}.get(a.scenario)
             if fn is None:
                 print(f"unknown scenario {a.scenario}", file=sys.stderr)
                 return 2

@@ -708,8 +708,10 @@ start_pair() {
   create_resource "$conf" a data >/dev/null
   create_resource "$conf" b data >/dev/null
   start_daemon "$conf" b data
+  # shellcheck disable=SC2034  # read by the tests
   PAIR_PID_B=$DAEMON_PID
   start_daemon "$conf" a data
+  # shellcheck disable=SC2034  # read by the tests
   PAIR_PID_A=$DAEMON_PID
   hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on node b failed"
   make_primary "$conf" a data

@@ -79,6 +79,7 @@ degraded="$(get '["writes"]["degraded"]')"
 dirty="$(get '["dirty"]["extents"]')"
 [ "$dirty" -gt "$KEEPDIRTY" ] || die "(a) only $dirty extents dirty after degraded writes over 48 extents (keepdirty $KEEPDIRTY)"
 [ "$(dump_field "$conf" a '["dirty_extents"]')" = "$dirty" ] || die "(a) dump and status disagree on dirty extents"
+[ "$(dump_field "$conf" a '["localcnt"]')" = 1 ] || die "(a) localcnt 1 in status but not in the metadata file"
 log "(a) degraded: $degraded writes, localcnt 1, $dirty extents dirty"
 
 # Restart the secondary; the primary reconnects by itself (backoff <= 10 s).

@@ -17,6 +17,9 @@
 #  (iii) A fake SECONDARY answering the real primary's HELLO with the wrong
 #        size: the primary logs both sizes, keeps retrying, and serves NBD
 #        clients degraded meanwhile.
+#  (iv)  A fake SECONDARY that completes the handshake and sends keepalives
+#        but never acknowledges a record: a client write still completes
+#        (degraded) within a few timeouts instead of hanging.
 source "$(dirname "$0")/lib.sh"
 require_root
 require_cmd fio qemu-io nbdinfo ss cmp
@@ -232,4 +235,42 @@ print(f"{len(r['connections'])} attempts, each refused: {r['connections'][0]['er
 EOF
 kill -0 "$pid_a" || die "primary died"
 stop_daemon "$pid_a"
-log "t_peer_hostile: malformed and mismatched peers refused and logged; real pair replicates"
+log "(iii) wrong-size secondary refused, both sizes logged, retried; NBD served degraded"
+
+# --- (iv) a secondary that keeps the link alive but acknowledges nothing ---------
+# (as a secondary whose disk hangs would: its keepalives still flow). A
+# client write must not wait for it for ever: the primary has to give up on
+# the record within a few timeouts, drop the link and complete the write
+# locally (degraded).
+dir4="$T/iv"
+mkdir -p "$dir4"
+conf4="$dir4/hastnbd.yaml"
+read -r pd pe <<<"$(free_ports 2)"
+write_pair_config "$conf4" "127.0.0.1:$pd" "127.0.0.1:$pe"
+create_resource "$conf4" a data >/dev/null
+rm -f "$T/hostile.ready"
+HOSTILE_READY="$T/hostile.ready" with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" secondary 127.0.0.1 "$pe" no_acks \
+  --deadline 25 >"$T/no-acks.json" 2>"$T/no-acks.err" &
+fake=$!
+track_pid "$fake"
+wait_for 10 "fake secondary listening" test -e "$T/hostile.ready" || die "fake secondary did not start"
+start_daemon "$conf4" a data
+pid_a=$DAEMON_PID
+make_primary "$conf4" a data
+wait_peer_state "$conf4" a connected 10 || { show_log "$log_a"; die "the primary did not connect to the fake secondary"; }
+sock4="$(nbd_socket "$conf4" a data)"
+t0=$(date +%s%3N)
+rc=0
+with_timeout 20 qemu-io -f raw -c "write -P 0x3a 0 65536" "$(nbd_uri "$sock4" data)" >"$T/qio4.out" 2>&1 || rc=$?
+elapsed=$(($(date +%s%3N) - t0))
+[ "$rc" -ne 124 ] || die "(iv) a write hung for 20 s: the primary waits for ever on a secondary that keeps the link alive but never acknowledges ($(status_field "$conf4" a '["peer"]'))"
+[ "$rc" -eq 0 ] || { cat "$T/qio4.out" >&2; die "(iv) the write failed (exit $rc)"; }
+log "(iv) the write completed after $elapsed ms"
+[ "$elapsed" -le 12000 ] || die "(iv) the write took $elapsed ms against a non-acknowledging secondary (timeout 3 s)"
+[ "$(status_field "$conf4" a '["peer"]["state"]')" != connected ] || die "(iv) still connected to a secondary that acknowledges nothing"
+[ "$(status_field "$conf4" a '["writes"]["degraded"]')" -gt 0 ] || die "(iv) the write was not counted degraded"
+out="$(_qemu_io "$(nbd_uri "$sock4" data)" "read -P 0x3a 0 65536")"
+grep -q "^read 65536/65536" <<<"$out" || die "(iv) read back failed"
+stop_daemon "$pid_a"
+kill_pid "$fake" 2
+log "t_peer_hostile: malformed and mismatched peers refused and logged; real pair replicates; no hang on a mute secondary"
