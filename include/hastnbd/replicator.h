@@ -96,7 +96,6 @@ class Replicator {
   uint32_t lz4_skip_ = 0;     // records left to send without trying lz4
   uint32_t lz4_backoff_ = 0;  // current skip length after a miss
   uint64_t inflight_bytes_ = 0;
-  uint64_t queued_records_ = 0;
   PeerStats totals_;  // of closed connections
   uint64_t connects_ = 0;
   bool running_ = false;
