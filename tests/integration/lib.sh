@@ -272,21 +272,28 @@ create_resource() {
 declare -A DAEMON_PIDS=()
 export DAEMON_PID=""             # read by the tests
 start_daemon() {
-  local conf="$1" node="$2" res="$3" logf pid
+  _start_daemon_in "" "$@"
+}
+
+# _start_daemon_in NETNS CONF NODE RES: start_daemon, in NETNS when not empty
+# (`ip netns exec` execs, so the pid is the daemon's own).
+_start_daemon_in() {
+  local ns="$1" conf="$2" node="$3" res="$4" logf pid where="" prefix=()
   require_hastnbd
+  [ -z "$ns" ] || { where=" in netns $ns"; prefix=(ip netns exec "$ns"); }
   logf="$(daemon_log "$node")"
   mkdir -p "$(run_dir_of "$conf" "$node")"
-  "$HASTNBD_BIN/hastnbd" -c "$conf" --node "$node" "$res" </dev/null >>"$logf" 2>&1 &
+  "${prefix[@]}" "$HASTNBD_BIN/hastnbd" -c "$conf" --node "$node" "$res" </dev/null >>"$logf" 2>&1 &
   pid=$!
   track_pid "$pid" "$logf"
   DAEMON_PID="$pid"
   DAEMON_PIDS[$node]="$pid"
-  if ! WAIT_PID="$pid" wait_for 20 "hastnbd $res (node $node) to answer status" \
+  if ! WAIT_PID="$pid" wait_for 20 "hastnbd $res (node $node$where) to answer status" \
        hastnbd_ctl "$conf" "$node" status "$res"; then
     show_log "$logf"
-    die "hastnbd $res on node $node did not come up"
+    die "hastnbd $res on node $node$where did not come up"
   fi
-  log "hastnbd $res node $node running, pid $pid"
+  log "hastnbd $res node $node running$where, pid $pid"
 }
 
 # make_primary CONF NODE RES: role primary, then wait for the NBD socket.
@@ -684,21 +691,7 @@ wait_peer_state_not() {
 # start_daemon_ns NETNS CONF NODE RES: start_daemon, inside a network
 # namespace (`ip netns exec` execs, so the pid is the daemon's own).
 start_daemon_ns() {
-  local ns="$1" conf="$2" node="$3" res="$4" logf pid
-  require_hastnbd
-  logf="$(daemon_log "$node")"
-  mkdir -p "$(run_dir_of "$conf" "$node")"
-  ip netns exec "$ns" "$HASTNBD_BIN/hastnbd" -c "$conf" --node "$node" "$res" </dev/null >>"$logf" 2>&1 &
-  pid=$!
-  track_pid "$pid" "$logf"
-  DAEMON_PID="$pid"
-  DAEMON_PIDS[$node]="$pid"
-  if ! WAIT_PID="$pid" wait_for 20 "hastnbd $res (node $node, netns $ns) to answer status" \
-       hastnbd_ctl "$conf" "$node" status "$res"; then
-    show_log "$logf"
-    die "hastnbd $res on node $node (netns $ns) did not come up"
-  fi
-  log "hastnbd $res node $node running in netns $ns, pid $pid"
+  _start_daemon_in "$@"
 }
 
 # start_pair CONF: metadata for both nodes, both daemons, b secondary, a
