@@ -455,6 +455,28 @@ check_qemu_io() {
   log "check_qemu_io ok: ${#spec[@]} aio patterns, 512-byte write at odd sector"
 }
 
+# fio_amounts_ok JSON BYTES MODE: fio's JSON reports two error-free jobs that
+# each wrote and verified (MODE write) or only verified (verify_only) BYTES.
+fio_amounts_ok() {
+  "$HASTNBD_PYTHON" - "$1" "$2" "$3" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+want, mode = int(sys.argv[2]), sys.argv[3]
+jobs = d["jobs"]
+if len(jobs) != 2:
+    sys.exit(f"{len(jobs)} fio jobs reported, want 2")
+for j in jobs:
+    if j["error"]:
+        sys.exit(f"job {j['jobname']}: error {j['error']}")
+    w, r = j["write"]["io_bytes"], j["read"]["io_bytes"]
+    # A verified write pass reads back exactly what it wrote; verify_only
+    # only reads.
+    if (mode == "write" and (w != want or r != want)) or \
+       (mode != "write" and r != want):
+        sys.exit(f"job: wrote {w}, verified {r} bytes; want {want}")
+EOF
+}
+
 # check_fio_verify SOCK EXPORT SIZE: two jobs (two connections), QD32 random
 # writes with crc32c headers in disjoint regions of SIZE each, verified by the
 # jobs themselves, then verified again by a separate read-only pass.
@@ -479,23 +501,7 @@ check_fio_verify() {
       cat "$err" >&2
       die "fio $pass pass failed (exit $rc)"
     fi
-    "$HASTNBD_PYTHON" - "$json" "$bytes" "$pass" <<'EOF' || die "fio $pass pass: wrong amounts"
-import json, sys
-d = json.load(open(sys.argv[1]))
-want, mode = int(sys.argv[2]), sys.argv[3]
-jobs = d["jobs"]
-if len(jobs) != 2:
-    sys.exit(f"{len(jobs)} fio jobs reported, want 2")
-for j in jobs:
-    if j["error"]:
-        sys.exit(f"job {j['jobname']}: error {j['error']}")
-    w, r = j["write"]["io_bytes"], j["read"]["io_bytes"]
-    # A verified write pass reads back exactly what it wrote; verify_only
-    # only reads.
-    if (mode == "write" and (w != want or r != want)) or \
-       (mode != "write" and r != want):
-        sys.exit(f"job: wrote {w}, verified {r} bytes; want {want}")
-EOF
+    fio_amounts_ok "$json" "$bytes" "$pass" || die "fio $pass pass: wrong amounts"
   done
   rm -f "$T"/fio-*.json "$T"/fio-*.err
   log "check_fio_verify ok: 2 x $size written and verified twice"
@@ -750,20 +756,7 @@ fio_verify_check() {
     [ "$rc" -ne 124 ] || die "fio $tag did not finish in time (a client request hung?)"
     die "fio $tag failed (exit $rc)"
   fi
-  "$HASTNBD_PYTHON" - "$T/fio-$tag.json" "$bytes" <<'EOF' || die "fio $tag: wrong amounts"
-import json, sys
-d = json.load(open(sys.argv[1]))
-want = int(sys.argv[2])
-jobs = d["jobs"]
-if len(jobs) != 2:
-    sys.exit(f"{len(jobs)} fio jobs reported, want 2")
-for j in jobs:
-    if j["error"]:
-        sys.exit(f"job {j['jobname']}: error {j['error']}")
-    w, r = j["write"]["io_bytes"], j["read"]["io_bytes"]
-    if w != want or r != want:
-        sys.exit(f"job: wrote {w}, verified {r} bytes; want {want} each")
-EOF
+  fio_amounts_ok "$T/fio-$tag.json" "$bytes" write || die "fio $tag: wrong amounts"
   log "fio $tag ok: 2 x $bytes bytes written and verified"
 }
 
