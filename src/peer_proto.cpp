@@ -64,6 +64,7 @@ std::string flag_names(uint16_t flags) {
   static const std::pair<uint16_t, const char*> names[] = {
       {kFlagLz4, "LZ4"}, {kFlagHole, "HOLE"}, {kFlagFua, "FUA"},
       {kFlagWantReceived, "WANT_RECEIVED"}, {kFlagChecksummed, "CHECKSUMMED"}, {kFlagNoHole, "NO_HOLE"},
+      {kFlagResync, "RESYNC"},
   };
   std::string s;
   for (const auto& [bit, name] : names) {
@@ -78,18 +79,19 @@ std::string flag_names(uint16_t flags) {
 uint16_t allowed_flags(uint8_t type) {
   switch (type) {
     case kHello: return kFlagChecksummed;
-    case kWrite: return kDataFlags | kSyncFlags;
+    case kWrite: return kDataFlags | kSyncFlags | kFlagResync;
     case kTrim: return kSyncFlags;
     case kWriteZeroes: return kSyncFlags | kFlagNoHole;
     case kFlush: return kFlagWantReceived;
-    case kReceived: case kWritten: case kKeepalive: case kRead: return 0;
-    case kError: return kFlagChecksummed;
-    case kReadReply: return kDataFlags;
+    case kReceived: case kWritten: case kKeepalive: return 0;
+    case kRead: return kFlagResync;
+    case kError: case kSyncDone: return kFlagChecksummed;
+    case kReadReply: return kDataFlags | kFlagResync;
     default: return 0;
   }
 }
 
-bool known_type(uint8_t type) { return type >= kHello && type <= kReadReply; }
+bool known_type(uint8_t type) { return type >= kHello && type <= kSyncDone; }
 
 Status bad(const std::string& type_prefix, const std::string& what) {
   return Status::Error(EINVAL, type_prefix + what);
@@ -160,6 +162,11 @@ Status check_type_rules(const Header& h) {
       if (!(st = check_no_range(h, t)).ok()) return st;
       if (h.payload_length == 0 || h.payload_length > kMaxPayload)
         return bad(t, "payload_length " + num(h.payload_length) + " outside 1.." + num(kMaxPayload));
+      return Status::Ok();
+    case kSyncDone:
+      if (!(st = check_no_range(h, t)).ok()) return st;
+      if (h.payload_length != kSyncDonePayload)
+        return bad(t, "payload_length " + num(h.payload_length) + " must be " + num(kSyncDonePayload));
       return Status::Ok();
     case kError:
       if (!(st = check_no_range(h, t)).ok()) return st;
@@ -269,6 +276,7 @@ const char* type_name(uint8_t type) {
     case kKeepalive: return "KEEPALIVE";
     case kRead: return "READ";
     case kReadReply: return "READ_REPLY";
+    case kSyncDone: return "SYNC_DONE";
     default: return "UNKNOWN";
   }
 }
@@ -480,6 +488,20 @@ Status check_hello(const Hello& ours, const Hello& theirs, const std::string& ex
     return Status::Error(EINVAL, "extent size differs: here " + num(ours.extent_size) + ", peer " +
                                      quoted(theirs.node) + " has " + num(theirs.extent_size));
   return Status::Ok();
+}
+
+std::vector<uint8_t> encode_sync_done(uint64_t primary_localcnt) {
+  std::vector<uint8_t> out;
+  Writer w{out};
+  w.u64(primary_localcnt);
+  return out;
+}
+
+Result<uint64_t> decode_sync_done(std::span<const uint8_t> payload) {
+  if (payload.size() != kSyncDonePayload)
+    return Status::Error(EINVAL, "SYNC_DONE: payload of " + num(payload.size()) + " bytes, expected " +
+                                     num(kSyncDonePayload));
+  return get_u64(payload.data());
 }
 
 std::vector<uint8_t> encode_error(int err, const std::string& message) {

@@ -46,7 +46,9 @@ enum Type : uint8_t {
   kKeepalive = 9,     // no payload
   kRead = 10,         // primary -> secondary: read offset, length
   kReadReply = 11,    // secondary -> primary: seq = the kRead's seq; payload = data
+  kSyncDone = 12,     // primary -> secondary: synchronisation complete; payload = u64 primary localcnt
 };
+inline constexpr uint32_t kSyncDonePayload = 8;
 const char* type_name(uint8_t type);
 
 enum Flags : uint16_t {
@@ -56,8 +58,9 @@ enum Flags : uint16_t {
   kFlagWantReceived = 1 << 3, // the secondary sends kReceived on arrival (memsync)
   kFlagChecksummed = 1 << 4,  // payload_checksum is valid
   kFlagNoHole = 1 << 5,       // kWriteZeroes: the range must stay allocated
+  kFlagResync = 1 << 6,       // kWrite / kRead / kReadReply: copy made by the synchronisation, not the application
 };
-inline constexpr uint16_t kKnownFlags = 0x3f;
+inline constexpr uint16_t kKnownFlags = 0x7f;
 
 struct Header {
   uint8_t type = 0;
@@ -116,6 +119,10 @@ Result<Hello> decode_hello(std::span<const uint8_t> payload);
 // node). The message names both values: "extent size differs: here 2097152,
 // peer b has 1048576".
 Status check_hello(const Hello& ours, const Hello& theirs, const std::string& expected_peer_node);
+
+// kSyncDone payload: the primary's localcnt, which the secondary stores as its remotecnt.
+std::vector<uint8_t> encode_sync_done(uint64_t primary_localcnt);
+Result<uint64_t> decode_sync_done(std::span<const uint8_t> payload);
 
 // kError payload.
 std::vector<uint8_t> encode_error(int err, const std::string& message);

@@ -36,6 +36,9 @@ void decode_frame(const Header& h, std::span<const uint8_t> payload) {
     case kError:
       (void)decode_error(payload);
       break;
+    case kSyncDone:
+      (void)decode_sync_done(payload);
+      break;
     default:
       break;
   }

@@ -182,7 +182,17 @@ TEST_CASE("header round trip for every record type", "[peer]") {
     h.payload_checksum = ~0ull;
     valid.push_back(h);
   }
-  for (uint8_t t = kHello; t <= kReadReply; ++t)
+  {
+    Header h = bare(kSyncDone);
+    h.payload_length = kSyncDonePayload;
+    valid.push_back(h);
+  }
+  {
+    Header h = data_header(kWrite, 4096);
+    h.flags = kFlagResync;
+    valid.push_back(h);
+  }
+  for (uint8_t t = kHello; t <= kSyncDone; ++t)
     CHECK(std::any_of(valid.begin(), valid.end(), [t](const Header& h) { return h.type == t; }));
 
   for (const Header& h : valid) {
@@ -204,6 +214,7 @@ TEST_CASE("type names", "[peer]") {
   CHECK(std::string(type_name(kWrite)) == "WRITE");
   CHECK(std::string(type_name(kWriteZeroes)) == "WRITE_ZEROES");
   CHECK(std::string(type_name(kReadReply)) == "READ_REPLY");
+  CHECK(std::string(type_name(kSyncDone)) == "SYNC_DONE");
   CHECK(std::string(type_name(0)) == "UNKNOWN");
   CHECK(std::string(type_name(200)) == "UNKNOWN");
 }
@@ -234,12 +245,12 @@ TEST_CASE("header framing rejections: magic, version, checksum, type, flags", "[
   CHECK_THAT(r.status().message(), Catch::Contains("header checksum mismatch"));
 
   CHECK_THAT(rejection(bare(0)), Catch::Contains("unknown record type 0"));
-  CHECK_THAT(rejection(bare(12)), Catch::Contains("unknown record type 12"));
+  CHECK_THAT(rejection(bare(13)), Catch::Contains("unknown record type 13"));
   CHECK_THAT(rejection(bare(255)), Catch::Contains("unknown record type 255"));
 
   Header h = ok;
-  h.flags = 0x40;
-  CHECK_THAT(rejection(h), Catch::Contains("unknown flags 0x40") && Catch::Contains("known 0x3f"));
+  h.flags = 0x80;
+  CHECK_THAT(rejection(h), Catch::Contains("unknown flags 0x80") && Catch::Contains("known 0x7f"));
   h.flags = 0x8000;
   CHECK_THAT(rejection(h), Catch::Contains("unknown flags 0x8000"));
 }
@@ -280,6 +291,20 @@ TEST_CASE("flags only where the record type allows them", "[peer]") {
     h.flags = kFlagWantReceived;
     CHECK_THAT(rejection(h), Catch::Contains(type_name(t)) && Catch::Contains("flag WANT_RECEIVED not allowed"));
   }
+  h = data_header(kTrim, 4096);
+  h.payload_length = 0;
+  h.flags = kFlagResync;
+  CHECK_THAT(rejection(h), Catch::Contains("TRIM") && Catch::Contains("flag RESYNC not allowed"));
+  h = bare(kSyncDone);
+  h.payload_length = kSyncDonePayload;
+  h.flags = kFlagFua;
+  CHECK_THAT(rejection(h), Catch::Contains("SYNC_DONE") && Catch::Contains("flag FUA not allowed"));
+  h.flags = 0;
+  h.payload_length = 7;
+  CHECK_THAT(rejection(h), Catch::Contains("SYNC_DONE") && Catch::Contains("payload_length 7 must be 8"));
+  h.payload_length = kSyncDonePayload;
+  h.offset = 4096;
+  CHECK_THAT(rejection(h), Catch::Contains("SYNC_DONE") && Catch::Contains("offset 4096 must be 0"));
   h = bare(kHello);
   h.payload_length = 10;
   h.flags = kFlagLz4;
@@ -812,4 +837,17 @@ TEST_CASE("error payload round trip and validation", "[peer]") {
   auto f = decode_error(forged);
   REQUIRE(f.ok());
   CHECK(f->second == "bad?hastnbd: split-brain?[0m");
+}
+
+TEST_CASE("SYNC_DONE payload carries the primary's localcnt", "[peer]") {
+  auto p = encode_sync_done(0x0102030405060708ull);
+  REQUIRE(p.size() == kSyncDonePayload);
+  CHECK(p[0] == 1);
+  CHECK(p[7] == 8);
+  auto v = decode_sync_done(p);
+  REQUIRE(v.ok());
+  CHECK(*v == 0x0102030405060708ull);
+  p.pop_back();
+  CHECK_FALSE(decode_sync_done(p).ok());
+  CHECK_THAT(decode_sync_done(p).status().message(), Catch::Contains("7 bytes, expected 8"));
 }
