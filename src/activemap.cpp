@@ -9,15 +9,36 @@ ActiveMap::ActiveMap(std::span<uint8_t> bitmap, uint64_t data_size, uint64_t ext
     : bitmap_(bitmap),
       extent_size_(extent_size),
       extents_((data_size + extent_size - 1) / extent_size),
-      keepdirty_(keepdirty) {
+      keepdirty_(keepdirty),
+      needs_sync_((extents_ + 63) / 64, 0) {
   // Bits dirty at load time stay dirty until a sync covers them: we do not
   // know whether the peer ever got those writes.
   for (uint64_t e = 0; e < extents_; ++e) {
     if (is_dirty(e)) {
       ++dirty_count_;
-      state_[e].needs_sync = true;
+      set_needs_sync(e, true);
     }
   }
+}
+
+void ActiveMap::set_needs_sync(uint64_t e, bool v) {
+  uint64_t& word = needs_sync_[e >> 6];
+  const uint64_t bit = uint64_t(1) << (e & 63);
+  if (bool(word & bit) == v) return;
+  word ^= bit;
+  if (v) ++needs_sync_count_;
+  else --needs_sync_count_;
+}
+
+uint64_t ActiveMap::next_needs_sync(uint64_t from) const {
+  if (from >= extents_) return extents_;
+  uint64_t w = from >> 6;
+  uint64_t word = needs_sync_[w] & (~uint64_t(0) << (from & 63));
+  while (word == 0) {
+    if (++w >= needs_sync_.size()) return extents_;
+    word = needs_sync_[w];
+  }
+  return std::min(extents_, (w << 6) + uint64_t(std::countr_zero(word)));
 }
 
 std::pair<uint64_t, uint64_t> ActiveMap::extent_range(uint64_t offset, uint64_t length) const {
@@ -74,27 +95,26 @@ void ActiveMap::write_done(uint64_t offset, uint64_t length, bool confirmed) {
   for (uint64_t e = first; e <= last; ++e) {
     State& s = state_[e];
     --s.inflight;
-    if (!confirmed) s.needs_sync = true;
+    if (!confirmed) set_needs_sync(e, true);
     maybe_clear(e);
   }
 }
 
 void ActiveMap::maybe_clear(uint64_t e) {
+  if (needs_sync(e)) return;
   auto it = state_.find(e);
-  if (it == state_.end()) return;
-  State& s = it->second;
-  if (s.inflight > 0 || s.in_lru || s.needs_sync) return;
+  if (it != state_.end()) {
+    if (it->second.inflight > 0 || it->second.in_lru) return;
+    state_.erase(it);
+  }
   if (is_dirty(e)) clear_bit(e);
   pending_.erase(e);
-  state_.erase(it);
 }
 
 bool ActiveMap::peer_has(uint64_t offset, uint64_t length) const {
   auto [first, last] = extent_range(offset, length);
-  for (uint64_t e = first; e <= last; ++e) {
-    auto it = state_.find(e);
-    if (it != state_.end() && it->second.needs_sync) return false;
-  }
+  for (uint64_t e = first; e <= last; ++e)
+    if (needs_sync(e)) return false;
   return true;
 }
 
@@ -104,18 +124,29 @@ void ActiveMap::mark_durable(uint64_t seq) {
 }
 
 void ActiveMap::synced(uint64_t e) {
-  auto it = state_.find(e);
-  if (it == state_.end()) {
-    if (is_dirty(e)) clear_bit(e);
-    return;
-  }
-  it->second.needs_sync = false;
+  set_needs_sync(e, false);
   maybe_clear(e);
 }
 
 void ActiveMap::mark_needs_sync(uint64_t e) {
-  if (!is_dirty(e)) set_bit(e);
-  state_[e].needs_sync = true;
+  if (!is_dirty(e)) {
+    set_bit(e);
+    pending_[e] = ++change_seq_;
+  }
+  set_needs_sync(e, true);
+}
+
+void ActiveMap::mark_all_needs_sync() {
+  for (uint64_t e = 0; e < extents_; ++e) mark_needs_sync(e);
+}
+
+void ActiveMap::reset_clean() {
+  for (uint64_t e = next_needs_sync(0); e < extents_; e = next_needs_sync(e + 1)) set_needs_sync(e, false);
+  state_.clear();
+  lru_.clear();
+  pending_.clear();
+  for (uint64_t e = 0; e < extents_; ++e)
+    if (is_dirty(e)) clear_bit(e);
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> bitmap_dirty_runs(std::span<const uint8_t> bitmap, uint64_t extents) {

@@ -10,7 +10,8 @@
 //    write to it was confirmed by the secondary, and the extent has left the
 //    keepdirty set (LRU of the N most recently written extents).
 //  - An extent with an unconfirmed write (degraded mode, or dirty when the map
-//    was loaded) stays dirty until the syncer calls synced().
+//    was loaded, or dirty in the peer's map) "needs sync": it stays dirty
+//    until the syncer calls synced().
 // Pure: no I/O, single-threaded.
 #pragma once
 
@@ -48,6 +49,16 @@ class ActiveMap {
   void synced(uint64_t extent);
   // Mark an extent as needing sync (e.g. dirty in the peer's map).
   void mark_needs_sync(uint64_t extent);
+  void mark_all_needs_sync();
+  // Whether the two copies of the extent may differ, and how many may.
+  bool needs_sync(uint64_t extent) const { return (needs_sync_[extent >> 6] >> (extent & 63)) & 1; }
+  uint64_t needs_sync_count() const { return needs_sync_count_; }
+  // The first extent >= from that needs sync, or extents() if none.
+  uint64_t next_needs_sync(uint64_t from) const;
+  // Everything is clean on both sides (a secondary told that a sync covering
+  // its whole map completed, or metadata discarded): no bit, no state. Only
+  // when no write is in flight.
+  void reset_clean();
 
   // Whether the secondary holds every completed write to these extents (no
   // unconfirmed write, nothing dirty from before): it may serve their reads.
@@ -62,7 +73,6 @@ class ActiveMap {
  private:
   struct State {
     uint32_t inflight = 0;
-    bool needs_sync = false;
     bool in_lru = false;
     std::list<uint64_t>::iterator lru_pos;
   };
@@ -70,6 +80,7 @@ class ActiveMap {
   void clear_bit(uint64_t e);
   void maybe_clear(uint64_t e);
   void touch_lru(uint64_t e);
+  void set_needs_sync(uint64_t e, bool v);
 
   std::span<uint8_t> bitmap_;
   uint64_t extent_size_;
@@ -79,7 +90,9 @@ class ActiveMap {
   uint64_t change_seq_ = 0;
   uint64_t durable_seq_ = 0;
   std::unordered_map<uint64_t, uint64_t> pending_;  // extent -> seq that set it, until durable
-  std::unordered_map<uint64_t, State> state_;       // extents in use, in LRU or needing sync
+  std::unordered_map<uint64_t, State> state_;       // extents written in flight or in the LRU
+  std::vector<uint64_t> needs_sync_;                // one bit per extent
+  uint64_t needs_sync_count_ = 0;
   std::list<uint64_t> lru_;                         // front = most recently written
 };
 

@@ -109,3 +109,59 @@ TEST_CASE("dirty runs on a raw bitmap", "[activemap]") {
   CHECK(runs[2] == std::pair<uint64_t, uint64_t>{39, 39});
   CHECK(bitmap_dirty_runs(bm, 39).size() == 2);  // bits past the end are ignored
 }
+
+TEST_CASE("needs-sync set: scan, count, marks from the peer's map", "[activemap]") {
+  std::vector<uint8_t> bm(32);
+  ActiveMap m(bm, 200 * kExt, kExt, 4);
+  CHECK(m.needs_sync_count() == 0);
+  CHECK(m.next_needs_sync(0) == m.extents());
+  m.mark_needs_sync(3);
+  m.mark_needs_sync(64);
+  m.mark_needs_sync(199);
+  m.mark_needs_sync(64);  // twice counts once
+  CHECK(m.needs_sync_count() == 3);
+  CHECK(m.is_dirty(64));
+  CHECK(m.change_seq() > 0);  // the new bits must reach disk before the copy starts
+  CHECK(m.next_needs_sync(0) == 3);
+  CHECK(m.next_needs_sync(3) == 3);
+  CHECK(m.next_needs_sync(4) == 64);
+  CHECK(m.next_needs_sync(65) == 199);
+  CHECK(m.next_needs_sync(200) == m.extents());
+  CHECK_FALSE(m.peer_has(3 * kExt, 1));
+  CHECK(m.peer_has(4 * kExt, kExt));
+  m.synced(64);
+  CHECK(m.needs_sync_count() == 2);
+  CHECK_FALSE(m.is_dirty(64));
+  CHECK(m.next_needs_sync(4) == 199);
+}
+
+TEST_CASE("a write racing the copy of its extent keeps the bit until it is done", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 0);
+  m.mark_needs_sync(5);
+  m.write_start(5 * kExt, 4096);
+  m.synced(5);             // the copy finished while the write is in flight
+  CHECK(m.is_dirty(5));    // in flight: stays
+  CHECK(m.needs_sync_count() == 0);
+  m.write_done(5 * kExt, 4096, false);  // and the peer did not get the write
+  CHECK(m.needs_sync(5));
+  CHECK(m.is_dirty(5));
+  m.synced(5);
+  CHECK_FALSE(m.is_dirty(5));
+}
+
+TEST_CASE("full sync marks every extent; reset_clean forgets everything", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 20 * kExt + 1, kExt, 4);
+  m.mark_all_needs_sync();
+  CHECK(m.needs_sync_count() == 21);
+  CHECK(m.dirty_count() == 21);
+  CHECK(m.next_needs_sync(20) == 20);
+  m.write_start(0, 1);
+  m.write_done(0, 1, true);
+  m.reset_clean();
+  CHECK(m.needs_sync_count() == 0);
+  CHECK(m.dirty_count() == 0);
+  CHECK(m.keepdirty_size() == 0);
+  CHECK(std::all_of(bm.begin(), bm.end(), [](uint8_t b) { return b == 0; }));
+}
