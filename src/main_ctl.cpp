@@ -1,7 +1,8 @@
 // hastnbd-ctl: the admin's (and the cluster manager's) interface.
 //   create [--force] RESOURCE   write fresh metadata (offline)
 //   role init|secondary|primary RESOURCE  change the running daemon's role
-//   status [--json] [RESOURCE]  role, peer, dirty extents, NBD clients
+//   status [--json] [--watch] [RESOURCE]  role, peer, sync progress, dirty extents, NBD clients
+//   discard-my-data RESOURCE    make this node's data fresh: the next connect copies all from the primary
 //   list                        every configured resource and its state
 //   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
 // Exit codes: 0 done, 1 the operation failed, 2 usage or configuration
@@ -12,6 +13,9 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <thread>
+
+#include <unistd.h>
 
 #include "hastnbd/activemap.h"
 #include "hastnbd/config.h"
@@ -35,6 +39,10 @@ const char* kUsage =
     "  create [--force] RESOURCE    write fresh metadata for RESOURCE\n"
     "  role init|secondary|primary [--force] RESOURCE\n"
     "  status [--json] [RESOURCE]   state of one or all running resources\n"
+    "  status --watch [--interval S] [--count N] [RESOURCE]\n"
+    "                               redraw the status every S seconds (default 1)\n"
+    "  discard-my-data RESOURCE     split-brain victim: forget this node's data; the next\n"
+    "                               connect synchronises everything from the primary\n"
     "  list                         configured resources and whether they run\n"
     "  dump [--json] RESOURCE       metadata header and dirty extents\n";
 
@@ -63,6 +71,9 @@ struct Ctx {
   std::string node;
   bool force = false;
   bool as_json = false;
+  bool watch = false;
+  double interval = 1.0;
+  long count = 0;  // --watch: stop after this many redraws (0 = until interrupted)
 };
 
 Result<ResourceConfig> config_for(const Ctx& c, const std::string& resource) {
@@ -104,6 +115,39 @@ int cmd_role(const Ctx& c, const std::string& role, const std::string& resource)
   return 0;
 }
 
+std::string duration(int64_t secs) {
+  char buf[32];
+  if (secs >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", (long long)secs / 3600, (long long)secs / 60 % 60);
+  else if (secs >= 60) std::snprintf(buf, sizeof buf, "%lldm%02llds", (long long)secs / 60, (long long)secs % 60);
+  else std::snprintf(buf, sizeof buf, "%llds", (long long)secs);
+  return buf;
+}
+
+void print_sync(const json& s) {
+  if (!s.contains("sync")) return;
+  const json& y = s["sync"];
+  const std::string state = y.value("state", "none");
+  if (state == "none") return;
+  uint64_t total = y["total_bytes"], done = y["done_bytes"];
+  std::cout << "  sync:        " << state << ", " << (y["full"].get<bool>() ? "full, " : "")
+            << (y["direction"] == "from-peer" ? "from the peer" : "to the peer") << ": " << human(done) << " of "
+            << human(total);
+  char buf[64];
+  if (total > 0) {
+    std::snprintf(buf, sizeof buf, " (%.1f%%)", 100.0 * double(done) / double(total));
+    std::cout << buf;
+  }
+  if (state == "running") {
+    std::cout << ", " << human(y["rate"]) << "/s";
+    if (y["eta_seconds"].get<int64_t>() >= 0) std::cout << ", ETA " << duration(y["eta_seconds"]);
+  } else if (y.contains("elapsed_seconds")) {
+    std::snprintf(buf, sizeof buf, " in %.1f s", y["elapsed_seconds"].get<double>());
+    std::cout << buf;
+  }
+  if (!y.value("last_error", std::string()).empty()) std::cout << " (" << y["last_error"].get<std::string>() << ")";
+  std::cout << "\n";
+}
+
 void print_status(const json& s) {
   auto& nbd = s["nbd"];
   auto& meta = s["metadata"];
@@ -119,9 +163,16 @@ void print_status(const json& s) {
   if (!p.value("node", std::string()).empty()) std::cout << ", node " << p["node"].get<std::string>();
   if (!p.value("remote", std::string()).empty()) std::cout << " (" << p["remote"].get<std::string>() << ")";
   if (p.contains("listen")) std::cout << ", listening on " << p["listen"].get<std::string>();
+  if (s.value("in_sync", false)) std::cout << ", in sync";
   std::cout << "\n";
+  if (p.value("split_brain", false))
+    std::cout << "  SPLIT-BRAIN: both nodes wrote without the other; peer localcnt " << p["localcnt"] << " remotecnt "
+              << p["remotecnt"] << ", here localcnt " << s["metadata"]["localcnt"] << " remotecnt "
+              << s["metadata"]["remotecnt"] << ". Run 'hastnbd-ctl discard-my-data " << s["resource"].get<std::string>()
+              << "' on the node whose changes are to be dropped.\n";
   if (!p.value("last_error", std::string()).empty() && p["state"] != "connected")
     std::cout << "  last error:  " << p["last_error"].get<std::string>() << "\n";
+  print_sync(s);
   if (p.contains("data_bytes_sent")) {
     std::cout << "  traffic:     " << p["records_sent"] << " records sent, " << human(p["data_bytes_sent"])
               << " of data as " << human(p["bytes_sent"]) << " on the wire; " << p["inflight_records"]
@@ -137,7 +188,8 @@ void print_status(const json& s) {
             << local["block_size"] << "\n"
             << "  metadata:    " << meta["path"].get<std::string>() << ", uuid " << meta["uuid"].get<std::string>()
             << ", localcnt " << meta["localcnt"] << ", remotecnt " << meta["remotecnt"]
-            << (meta["fresh"].get<bool>() ? ", fresh" : "") << "\n"
+            << (meta["fresh"].get<bool>() ? ", fresh" : "")
+            << (meta.value("inconsistent", false) ? ", INCONSISTENT (target of an unfinished sync)" : "") << "\n"
             << "  dirty:       " << dirty["extents"] << " extents, " << human(dirty["bytes"]) << " (extent "
             << human(s["extent_size"]) << ", keepdirty " << dirty["keepdirty"] << ")\n"
             << "  nbd:         ";
@@ -149,7 +201,7 @@ void print_status(const json& s) {
             << human(nbd["bytes_written"]) << ", " << nbd["errors"] << " errors\n";
 }
 
-int cmd_status(const Ctx& c, std::vector<std::string> resources) {
+int cmd_status_once(const Ctx& c, std::vector<std::string> resources) {
   if (resources.empty()) {
     auto names = load_resource_names(c.config_path);
     if (!names.ok()) return std::cerr << "hastnbd-ctl: " << names.status().message() << "\n", kExitUsage;
@@ -176,6 +228,50 @@ int cmd_status(const Ctx& c, std::vector<std::string> resources) {
   }
   if (c.as_json) std::cout << (resources.size() == 1 && all.size() == 1 ? all[0] : all).dump(2) << "\n";
   return rc;
+}
+
+int cmd_status(const Ctx& c, const std::vector<std::string>& resources) {
+  if (!c.watch) return cmd_status_once(c, resources);
+  const bool tty = ::isatty(STDOUT_FILENO);
+  int rc = 0;
+  for (long n = 1;; ++n) {
+    if (tty) std::cout << "\033[H\033[2J";  // home, clear screen
+    else if (n > 1) std::cout << "\n";
+    std::time_t now = std::time(nullptr);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%H:%M:%S", std::localtime(&now));
+    std::cout << "every " << c.interval << " s, " << stamp << "\n";
+    rc = cmd_status_once(c, resources);
+    std::cout.flush();
+    if (c.count > 0 && n >= c.count) return rc;
+    std::this_thread::sleep_for(std::chrono::duration<double>(c.interval));
+  }
+}
+
+int cmd_discard(const Ctx& c, const std::string& resource) {
+  auto cfg = config_for(c, resource);
+  if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+  auto reply = control_call(cfg->control_path(), json{{"cmd", "discard-my-data"}}, kControlTimeoutMs);
+  if (reply.ok()) {
+    if (!(*reply)["ok"].get<bool>()) return fail(Status::Error(EIO, (*reply)["error"].get<std::string>()));
+  } else if (not_running(reply.status())) {
+    // The daemon is stopped: change the metadata file directly (the lock
+    // keeps a daemon from starting meanwhile).
+    auto meta = MetadataFile::open(cfg->meta, /*lock=*/true, /*writable=*/true);
+    if (!meta.ok()) return fail(meta.status());
+    auto bm = (*meta)->bitmap();
+    std::fill(bm.begin(), bm.end(), 0);
+    if (Status s = (*meta)->sync_now(); !s.ok()) return fail(s);
+    MetaHeader h = (*meta)->header();
+    h.flags = kMetaFresh;
+    h.sync_direction = SyncDirection::kNone;
+    h.localcnt = h.remotecnt = 0;
+    if (Status s = (*meta)->write_header_now(h); !s.ok()) return fail(s);
+  } else {
+    return fail(reply.status());
+  }
+  std::cout << resource << ": local data discarded; the next connect to the primary synchronises everything\n";
+  return 0;
 }
 
 int cmd_list(const Ctx& c) {
@@ -257,7 +353,10 @@ int main(int argc, char** argv) {
   po::options_description opts("Options");
   opts.add_options()("help,h", "show this help")("config,c", po::value(&c.config_path), "configuration file")(
       "node", po::value(&c.node), "this node's name (default: short hostname)")(
-      "force,f", "create: overwrite; role: proceed with clients attached")("json", "machine-readable output")(
+      "force,f", "create: overwrite; role: proceed with clients attached, or promote an inconsistent node")(
+      "json", "machine-readable output")("watch,w", "status: redraw until interrupted")(
+      "interval", po::value(&c.interval), "status --watch: seconds between redraws")(
+      "count", po::value(&c.count), "status --watch: stop after this many redraws")(
       "command", po::value(&command))("args", po::value(&args));
   po::positional_options_description pos;
   pos.add("command", 1).add("args", -1);
@@ -275,6 +374,11 @@ int main(int argc, char** argv) {
   }
   c.force = vm.count("force") > 0;
   c.as_json = vm.count("json") > 0;
+  c.watch = vm.count("watch") > 0;
+  if (c.interval < 0.1 || c.interval > 3600) {
+    std::cerr << "hastnbd-ctl: --interval must be between 0.1 and 3600 seconds\n";
+    return kExitUsage;
+  }
   auto want = [&](size_t n) {
     if (args.size() == n) return true;
     std::cerr << "hastnbd-ctl: " << command << ": expected " << n << " argument(s)\n" << kUsage;
@@ -285,6 +389,7 @@ int main(int argc, char** argv) {
   if (command == "status") return cmd_status(c, args);
   if (command == "list") return want(0) ? cmd_list(c) : kExitUsage;
   if (command == "dump") return want(1) ? cmd_dump(c, args[0]) : kExitUsage;
+  if (command == "discard-my-data") return want(1) ? cmd_discard(c, args[0]) : kExitUsage;
   std::cerr << "hastnbd-ctl: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;
 }

@@ -335,6 +335,8 @@ Result<Header> decode_header(std::span<const uint8_t, kHeaderSize> b) {
   return h;
 }
 
+uint64_t payload_checksum(std::span<const uint8_t> payload) { return XXH3_64bits(payload.data(), payload.size()); }
+
 Encoded encode_payload(std::span<const uint8_t> data, Compression compression, Checksum checksum) {
   Encoded e;
   if (compression != Compression::kNone && all_zero(data)) {

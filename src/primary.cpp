@@ -15,22 +15,34 @@ Primary::Primary(asio::io_context& io, LocalDisk& disk, MetadataFile& meta, Acti
       uring_(uring),
       config_(config),
       replicator_(replicator),
-      changed_(io.get_executor()) {}
+      changed_(io.get_executor()),
+      extent_lock_(io.get_executor()) {}
 
-awaitable<Status> Primary::read(uint64_t offset, Buffer& out) {
-  Status s = co_await disk_.read(offset, out);
-  if (s.ok() || !replicator_ || !replicator_->connected() || !map_.peer_has(offset, out.size())) co_return s;
-  auto rec = co_await replicator_->remote_read(offset, uint32_t(out.size()));
-  if (!rec) co_return s;
+awaitable<Status> Primary::read_remote(uint64_t offset, Buffer& out, const Status& local) {
+  auto rec = replicator_ ? co_await replicator_->remote_read(offset, uint32_t(out.size())) : nullptr;
+  if (!rec) co_return local;
   co_await rec->settled.wait();
   if (!rec->ok || rec->data.size() != out.size()) {
-    spdlog::error("local read failed ({}) and so did the secondary: {}", s.message(), rec->error);
-    co_return s;
+    spdlog::error("{}, and the secondary failed it too: {}", local.message(), rec->error);
+    co_return local;
   }
   std::memcpy(out.data(), rec->data.data(), out.size());
   ++stats_.remote_reads;
-  spdlog::warn("{}; served from the secondary", s.message());
   co_return Status::Ok();
+}
+
+awaitable<Status> Primary::read(uint64_t offset, Buffer& out) {
+  if (local_stale_ && local_stale_(offset, out.size())) {
+    Status s = co_await read_remote(
+        offset, out, Status::Error(EIO, "the local copy is older than the secondary's and the secondary is gone"));
+    if (!s.ok()) ++stats_.stale_refused;
+    co_return s;
+  }
+  Status s = co_await disk_.read(offset, out);
+  if (s.ok() || !replicator_ || !replicator_->connected() || !map_.peer_has(offset, out.size())) co_return s;
+  s = co_await read_remote(offset, out, s);
+  if (s.ok()) spdlog::warn("local read at {}+{} failed; served from the secondary", offset, out.size());
+  co_return s;
 }
 
 // Coalescing bitmap sync: one fdatasync at a time covers every bit set before
@@ -87,18 +99,29 @@ void Primary::write_finished(uint64_t offset, uint64_t length, bool confirmed) {
 template <class Op>
 awaitable<Status> Primary::modify(uint8_t record_type, uint16_t record_flags, uint64_t offset, uint64_t length,
                                   bool fua, std::span<const uint8_t> data, Op local_op) {
+  // An inconsistent node alone must not write: a new generation here would
+  // turn the unfinished sync into a split-brain.
+  const bool inconsistent = bool(local_stale_);
+  if (inconsistent && (!replicator_ || !replicator_->connected())) {
+    ++stats_.stale_refused;
+    co_return Status::Error(EIO, "this node is the target of an unfinished sync and the secondary is gone");
+  }
   uint64_t ticket = map_.write_start(offset, length);
   ++stats_.writes_in_flight;
   Status s;
   // With metaflush off the bits still reach disk, only without ordering.
   if (ticket != 0 && config_.metaflush) s = co_await bitmap_durable(ticket);
   std::shared_ptr<Record> rec;
-  if (s.ok() && replicator_) {
-    uint16_t flags = record_flags | (fua && config_.replication != Replication::kAsync ? peer::kFlagFua : 0);
-    rec = co_await replicator_->submit(record_type, flags, offset, uint32_t(length), data);
+  {
+    auto guard = co_await extent_lock_.lock(offset, offset + length, /*exclusive=*/false);
+    if (s.ok() && replicator_) {
+      uint16_t flags = record_flags | (fua && config_.replication != Replication::kAsync ? peer::kFlagFua : 0);
+      rec = co_await replicator_->submit(record_type, flags, offset, uint32_t(length), data);
+    }
+    if (s.ok() && !rec && inconsistent) s = Status::Error(EIO, "the link to the secondary went down");
+    if (s.ok() && !rec && !generation_bumped_) s = co_await generation_started();
+    if (s.ok()) s = co_await local_op();  // the record is on its way meanwhile
   }
-  if (s.ok() && !rec && !generation_bumped_) s = co_await generation_started();
-  if (s.ok()) s = co_await local_op();  // the record is on its way meanwhile
   if (s.ok() && fua) s = co_await disk_.flush();
   if (rec) {
     switch (config_.replication) {
@@ -111,7 +134,9 @@ awaitable<Status> Primary::modify(uint8_t record_type, uint16_t record_flags, ui
       case Replication::kAsync:
         break;
     }
-    if (rec->settled.is_set() && !rec->ok && !generation_bumped_) {
+    if (rec->settled.is_set() && !rec->ok && inconsistent) {
+      if (s.ok()) s = Status::Error(EIO, "the secondary did not confirm a write to an inconsistent node: " + rec->error);
+    } else if (rec->settled.is_set() && !rec->ok && !generation_bumped_) {
       Status g = co_await generation_started();
       if (s.ok()) s = g;
     }

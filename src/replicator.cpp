@@ -125,7 +125,8 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
   h.seq = rec->seq;
   h.offset = offset;
   h.length = length;
-  if (config_.replication == Replication::kMemsync && type != peer::kRead) h.flags |= peer::kFlagWantReceived;
+  if (config_.replication == Replication::kMemsync && type != peer::kRead && type != peer::kSyncDone)
+    h.flags |= peer::kFlagWantReceived;
   std::vector<uint8_t> payload;
   if (type == peer::kWrite) {
     // LZ4 on incompressible data costs CPU for nothing: after a miss, skip
@@ -146,16 +147,26 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
     h.payload_length = uint32_t(enc.payload.size());
     h.payload_checksum = enc.checksum;
     payload = std::move(enc.payload);
+  } else if (!data.empty()) {
+    payload.assign(data.begin(), data.end());
+    h.payload_length = uint32_t(payload.size());
+    if (config_.checksum == Checksum::kXxh3) {
+      h.flags |= peer::kFlagChecksummed;
+      h.payload_checksum = peer::payload_checksum(payload);
+    }
   }
   pending_.emplace(rec->seq, rec);
   ack_order_.emplace_back(rec->seq, std::chrono::steady_clock::now());
   inflight_bytes_ += cost;
-  conn_->send(h, std::move(payload), data.size());
+  // Data the synchronisation copies is counted apart from the clients' writes.
+  const bool resync = flags & peer::kFlagResync;
+  if (resync && type == peer::kWrite) resync_bytes_sent_ += data.size();
+  conn_->send(h, std::move(payload), type == peer::kWrite && !resync ? data.size() : 0);
   co_return rec;
 }
 
-awaitable<std::shared_ptr<Record>> Replicator::remote_read(uint64_t offset, uint32_t length) {
-  return submit(peer::kRead, 0, offset, length);
+awaitable<std::shared_ptr<Record>> Replicator::remote_read(uint64_t offset, uint32_t length, uint16_t flags) {
+  return submit(peer::kRead, flags, offset, length);
 }
 
 awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
@@ -174,11 +185,14 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   }
   if (f->header.type != peer::kHello)
     co_return Status::Error(EPROTO, std::string("handshake: expected HELLO, got ") + peer::type_name(f->header.type));
+  if (Status v = peer::verify_payload(f->header, f->payload.span()); !v.ok())
+    co_return Status::Error(EPROTO, "handshake: " + v.message());
   auto theirs = peer::decode_hello(f->payload.span());
   if (!theirs.ok()) co_return Status::Error(EPROTO, "handshake: " + theirs.status().message());
   Status s = peer::check_hello(ours, *theirs, config_.peer_node);
   if (s.ok() && theirs->role != uint8_t(Role::kSecondary))
     s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not in role secondary");
+  if (s.ok() && on_hello) s = co_await on_hello(*theirs);
   if (!s.ok()) {
     conn->send_error(0, s);
     co_await conn->drain_sends();
@@ -244,7 +258,7 @@ awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
 
 awaitable<void> Replicator::run(uint64_t run_id) {
   auto backoff = std::chrono::seconds(kFirstBackoff);
-  std::string last_logged;
+  std::string& last_logged = last_logged_;
   auto current = [&] { return running_ && run_id == run_id_; };
   while (current()) {
     set_state(PeerState::kConnecting);
@@ -319,6 +333,7 @@ nlohmann::json Replicator::status() const {
       {"bytes_sent", s.bytes_sent},
       {"bytes_received", s.bytes_received},
       {"data_bytes_sent", s.data_bytes_sent},
+      {"resync_bytes_sent", resync_bytes_sent_},
   };
 }
 

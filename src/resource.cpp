@@ -58,6 +58,7 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   }
   const MetaHeader& h = r->meta_->header();
   r->map_ = std::make_unique<ActiveMap>(r->meta_->bitmap(), h.data_size, h.extent_size, c.keepdirty);
+  r->hooks_ = std::make_unique<Hooks>(io, c.name, c.exec);
   if (c.remote) {
     r->replicator_ = std::make_unique<Replicator>(io, r->pool_, c, [raw = r.get()] { return raw->hello(); });
   }
@@ -65,20 +66,184 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
     r->secondary_ = std::make_unique<Secondary>(io, r->pool_, c, *r->disk_, [raw = r.get()] { return raw->hello(); });
   }
   r->primary_ = std::make_unique<Primary>(io, *r->disk_, *r->meta_, *r->map_, *r->uring_, c, r->replicator_.get());
-  if (r->replicator_) r->replicator_->on_connected = [raw = r.get()] { raw->primary_->peer_connected(); };
+  if (r->replicator_)
+    r->syncer_ = std::make_unique<Syncer>(io, r->pool_, c, *r->disk_, *r->meta_, *r->map_, *r->uring_, *r->primary_,
+                                          *r->replicator_);
+  r->wire_peer_events();
   r->nbd_ = std::make_unique<NbdServer>(io, r->pool_, *r->primary_, c.name);
   r->started_ = r->role_since_ = std::chrono::system_clock::now();
   spdlog::info("resource {}: node {}, local {} ({} bytes, O_DIRECT block {}), metadata {} (uuid {}, localcnt {}, "
-               "remotecnt {}, {} dirty extents)",
+               "remotecnt {}, {} dirty extents{}{})",
                c.name, c.node, c.local, r->disk_->size(), r->disk_->block_size(), c.meta, h.uuid_string(), h.localcnt,
-               h.remotecnt, r->map_->dirty_count());
+               h.remotecnt, r->map_->dirty_count(), (h.flags & kMetaFresh) ? ", fresh" : "",
+               (h.flags & kMetaSynchronising)
+                   ? (h.sync_direction == SyncDirection::kFromPeer ? ", target of an unfinished sync: inconsistent"
+                                                                   : ", source of an unfinished sync")
+                   : "");
   return r;
+}
+
+void Resource::wire_peer_events() {
+  if (replicator_) {
+    replicator_->on_hello = [this](const peer::Hello& theirs) { return on_peer_hello(theirs, true); };
+    replicator_->on_connected = [this] {
+      primary_->peer_connected();
+      hooks_->run("connect", {config_.peer_node});
+      syncer_->start(std::move(plan_));
+    };
+    replicator_->on_disconnected = [this](const std::string& why) {
+      syncer_->interrupt(why);
+      hooks_->run("disconnect", {config_.peer_node, why});
+    };
+    syncer_->on_start = [this](bool from_peer, uint64_t total) {
+      hooks_->run("syncstart", {from_peer ? "from-peer" : "to-peer", std::to_string(total)});
+    };
+    syncer_->on_done = [this] { hooks_->run("syncdone"); };
+    syncer_->on_interrupted = [this](const std::string& why) { hooks_->run("syncintr", {why}); };
+  }
+  if (secondary_) {
+    secondary_->on_hello = [this](const peer::Hello& theirs) { return on_peer_hello(theirs, false); };
+    secondary_->on_connected = [this] { hooks_->run("connect", {config_.peer_node}); };
+    secondary_->on_disconnected = [this](const std::string& why) {
+      secondary_in_sync_ = false;
+      if (secondary_sync_.state == SyncProgress::State::kRunning) {
+        secondary_sync_.state = SyncProgress::State::kInterrupted;
+        secondary_sync_.ended_wall = std::chrono::system_clock::now();
+        secondary_sync_.last_error = why;
+        spdlog::warn("sync: interrupted after {} of {} bytes: {}", secondary_sync_.done_bytes,
+                     secondary_sync_.total_bytes, why);
+        hooks_->run("syncintr", {why});
+      }
+      hooks_->run("disconnect", {config_.peer_node, why});
+    };
+    secondary_->on_sync_done = [this](uint64_t localcnt) { return on_sync_done(localcnt); };
+    secondary_->on_resync_bytes = [this](uint64_t n) { secondary_sync_.add(n); };
+  }
+}
+
+awaitable<Status> Resource::on_peer_hello(const peer::Hello& theirs, bool as_primary) {
+  const MetaHeader& h = meta_->header();
+  Generation ours{h.uuid, h.localcnt, h.remotecnt, (h.flags & kMetaFresh) != 0};
+  Generation peer{theirs.uuid, theirs.localcnt, theirs.remotecnt, (theirs.meta_flags & kMetaFresh) != 0};
+  SyncDecision d = as_primary ? decide_sync(ours, peer) : decide_sync(peer, ours);
+  peer_seen_ = PeerSeen{theirs.localcnt, theirs.remotecnt, to_string(d.kind)};
+  if (d.kind == SyncKind::kSplitBrain) {
+    if (!split_brain_) {
+      split_brain_ = true;
+      spdlog::error("resource {}: SPLIT-BRAIN with {}: {}", config_.name, theirs.node, d.reason);
+      hooks_->run("split-brain", {theirs.node, std::to_string(h.localcnt), std::to_string(h.remotecnt),
+                                  std::to_string(theirs.localcnt), std::to_string(theirs.remotecnt)});
+    }
+    co_return Status::Error(EPERM, d.reason);
+  }
+  if (d.refuse) co_return Status::Error(EINVAL, d.reason);
+  if (split_brain_) {
+    split_brain_ = false;
+    spdlog::info("resource {}: no longer in split-brain with {}", config_.name, theirs.node);
+  }
+  if (d.kind == SyncKind::kAnomaly) spdlog::warn("resource {}: {}", config_.name, d.reason);
+  else spdlog::info("resource {}: {} ({})", config_.name, to_string(d.kind), d.reason);
+  if (as_primary) {
+    plan_ = SyncPlan{d.full, d.from_secondary, theirs.localcnt, theirs.dirty_map};
+    co_return Status::Ok();
+  }
+  co_return co_await prepare_sync_target(theirs, d);
+}
+
+// The secondary's side of a decision: it only stores where it stands; the
+// primary drives the copy.
+awaitable<Status> Resource::prepare_sync_target(const peer::Hello& theirs, const SyncDecision& d) {
+  secondary_in_sync_ = false;
+  const MetaHeader& h = meta_->header();
+  MetaHeader nh = h;
+  if (d.full && !d.from_secondary) {
+    // Everything here is about to be overwritten: take the primary's
+    // identity, and its view of our generation, so that an interrupted full
+    // sync resumes as an ordinary one instead of starting over.
+    nh.uuid = theirs.uuid;
+    nh.localcnt = theirs.remotecnt;
+    nh.remotecnt = 0;
+    nh.flags &= ~uint32_t(kMetaFresh);
+    map_->reset_clean();
+    if (Status s = co_await meta_->sync_bitmap(*uring_); !s.ok()) co_return s;
+    if (d.adopt_uuid && h.uuid != theirs.uuid)
+      spdlog::info("resource {}: adopting the primary's resource uuid {}", config_.name, nh.uuid_string());
+  }
+  uint64_t work = 0;
+  for (uint64_t e = 0; e < map_->extents(); ++e) {
+    bool theirs_dirty = (e >> 3) < theirs.dirty_map.size() && ((theirs.dirty_map[e >> 3] >> (e & 7)) & 1);
+    if (d.full || theirs_dirty || map_->is_dirty(e))
+      work += std::min<uint64_t>(h.extent_size, h.data_size - e * h.extent_size);
+  }
+  if (work > 0 && !d.from_secondary) {
+    nh.flags |= kMetaSynchronising;
+    nh.sync_direction = SyncDirection::kFromPeer;
+  }
+  if (!(nh == h))
+    if (Status s = co_await meta_->write_header(*uring_, nh); !s.ok()) co_return s;
+  if (work > 0) secondary_sync_.begin(/*from_peer=*/!d.from_secondary, d.full, work);
+  else secondary_sync_ = SyncProgress{};
+  co_return Status::Ok();
+}
+
+awaitable<Status> Resource::on_sync_done(uint64_t primary_localcnt) {
+  // Every extent of our map was in the sync's work list, so none is dirty now.
+  map_->reset_clean();
+  Status s = co_await meta_->sync_bitmap(*uring_);
+  MetaHeader nh = meta_->header();
+  nh.remotecnt = primary_localcnt;
+  nh.flags &= ~uint32_t(kMetaSynchronising | kMetaFresh);
+  nh.sync_direction = SyncDirection::kNone;
+  if (s.ok() && !(nh == meta_->header())) s = co_await meta_->write_header(*uring_, nh);
+  if (!s.ok()) co_return s;
+  secondary_in_sync_ = true;
+  if (secondary_sync_.state == SyncProgress::State::kRunning) {
+    secondary_sync_.state = SyncProgress::State::kDone;
+    secondary_sync_.ended_wall = std::chrono::system_clock::now();
+    spdlog::info("sync: done ({} bytes copied); remotecnt now {}", secondary_sync_.done_bytes, primary_localcnt);
+    hooks_->run("syncdone");
+  }
+  co_return Status::Ok();
+}
+
+// The operator chose this node as the victim of a split-brain (or wants its
+// data replaced): its metadata becomes fresh, so the next connect copies
+// everything from the primary.
+awaitable<Status> Resource::discard_my_data() {
+  if (role_ == Role::kPrimary)
+    co_return Status::Error(EBUSY, "discard-my-data is for the node whose data is to be replaced; this node is "
+                                   "primary: make it secondary (or init) first");
+  if (changing_role_) co_return Status::Error(EBUSY, "a role change is in progress");
+  changing_role_ = true;
+  const bool was_secondary = role_ == Role::kSecondary;
+  if (was_secondary) co_await secondary_->stop();
+  map_->reset_clean();
+  Status s = co_await meta_->sync_bitmap(*uring_);
+  MetaHeader nh = meta_->header();
+  nh.flags = kMetaFresh;
+  nh.sync_direction = SyncDirection::kNone;
+  nh.localcnt = nh.remotecnt = 0;
+  if (s.ok()) s = co_await meta_->write_header(*uring_, nh);
+  split_brain_ = false;
+  peer_seen_.reset();
+  if (s.ok()) spdlog::warn("resource {}: local data discarded: the next connect copies everything from the primary",
+                           config_.name);
+  if (was_secondary) {
+    Status r = secondary_->start();
+    if (!r.ok()) {
+      role_ = Role::kInit;
+      if (s.ok()) s = r;
+    }
+  }
+  changing_role_ = false;
+  co_return s;
 }
 
 Status Resource::start() {
   control_ = std::make_unique<ControlServer>(io_, [this](const json& req) { return handle_command(req); });
   if (Status s = control_->listen(config_.control_path()); !s.ok()) return s;
   spdlog::info("resource {}: role init; control socket {}", config_.name, config_.control_path());
+  hooks_->run("start");
   return Status::Ok();
 }
 
@@ -97,13 +262,20 @@ awaitable<json> Resource::handle_command(const json& request) {
     if (!s.ok()) co_return control_error(s);
     co_return json{{"ok", true}, {"role", to_string(role_)}};
   }
+  if (cmd == "discard-my-data") {
+    Status s = co_await discard_my_data();
+    if (!s.ok()) co_return control_error(s);
+    co_return json{{"ok", true}};
+  }
   co_return control_error(Status::Error(EINVAL, "unknown command '" + cmd + "'"));
 }
 
 awaitable<Status> Resource::change_role(Role to, bool force) {
   if (shutting_down_) co_return Status::Error(ESHUTDOWN, "hastnbd is shutting down");
   if (changing_role_) co_return Status::Error(EBUSY, "a role change is already in progress");
-  RoleContext ctx{nbd_->clients(), /*secondary_available=*/secondary_ != nullptr, force};
+  const MetaHeader& h = meta_->header();
+  const bool target = (h.flags & kMetaSynchronising) && h.sync_direction == SyncDirection::kFromPeer;
+  RoleContext ctx{nbd_->clients(), /*secondary_available=*/secondary_ != nullptr, force, target};
   if (Status s = check_role_change(role_, to, ctx); !s.ok()) co_return s;
   if (to == role_) co_return Status::Ok();
   changing_role_ = true;
@@ -111,7 +283,16 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   if (from == Role::kPrimary) co_await leave_primary();
   if (from == Role::kSecondary) co_await secondary_->stop();
   Status s;
-  if (to == Role::kPrimary) s = become_primary();
+  if (to == Role::kPrimary && target) {
+    // Forced: the operator takes this node's data as it is.
+    MetaHeader nh = meta_->header();
+    nh.flags &= ~uint32_t(kMetaSynchronising);
+    nh.sync_direction = SyncDirection::kNone;
+    s = co_await meta_->write_header(*uring_, nh);
+    spdlog::warn("resource {}: forced to primary while the target of an unfinished sync: its data may be "
+                 "inconsistent (run fsck)", config_.name);
+  }
+  if (s.ok() && to == Role::kPrimary) s = become_primary();
   if (to == Role::kSecondary) s = secondary_->start();
   changing_role_ = false;
   if (!s.ok()) {
@@ -123,6 +304,7 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   role_ = to;
   role_since_ = std::chrono::system_clock::now();
   spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
+  hooks_->run("role", {to_string(from), to_string(to)});
   co_return Status::Ok();
 }
 
@@ -135,6 +317,8 @@ Status Resource::become_primary() {
       return s;
     }
   }
+  if (syncer_) syncer_->forget_direction();
+  split_brain_ = false;
   if (replicator_) replicator_->start();
   return Status::Ok();
 }
@@ -144,7 +328,9 @@ awaitable<void> Resource::leave_primary() {
   co_await primary_->drain();
   Status s = co_await primary_->flush();
   if (!s.ok()) spdlog::error("resource {}: flush on leaving primary: {}", config_.name, s.message());
+  if (syncer_) co_await syncer_->stop();
   if (replicator_) co_await replicator_->stop();
+  split_brain_ = false;
 }
 
 peer::Hello Resource::hello() const {
@@ -165,12 +351,34 @@ peer::Hello Resource::hello() const {
 }
 
 json Resource::peer_status() const {
-  if (role_ == Role::kPrimary && replicator_) return replicator_->status();
-  if (role_ == Role::kSecondary && secondary_) return secondary_->status();
-  json p = {{"state", (replicator_ || secondary_) ? "disconnected" : "standalone"},
+  json p;
+  if (role_ == Role::kPrimary && replicator_) p = replicator_->status();
+  else if (role_ == Role::kSecondary && secondary_) p = secondary_->status();
+  else p = {{"state", (replicator_ || secondary_) ? "disconnected" : "standalone"},
             {"node", config_.peer_node},
             {"remote", config_.remote ? config_.remote->to_string() : ""}};
+  p["split_brain"] = split_brain_;
+  if (split_brain_) p["state"] = "split-brain";
+  if (peer_seen_) {
+    p["localcnt"] = peer_seen_->localcnt;
+    p["remotecnt"] = peer_seen_->remotecnt;
+    p["decision"] = peer_seen_->decision;
+  }
   return p;
+}
+
+json Resource::sync_status() const {
+  if (role_ == Role::kPrimary && syncer_) return syncer_->progress().to_json();
+  if (role_ == Role::kSecondary) return secondary_sync_.to_json();
+  return SyncProgress{}.to_json();
+}
+
+bool Resource::in_sync() const {
+  if (role_ == Role::kPrimary && replicator_)
+    return replicator_->connected() && !syncer_->running() && map_->needs_sync_count() == 0;
+  if (role_ == Role::kSecondary && secondary_)
+    return secondary_->state() == PeerState::kConnected && secondary_in_sync_;
+  return false;
 }
 
 awaitable<void> Resource::shutdown() {
@@ -180,11 +388,14 @@ awaitable<void> Resource::shutdown() {
   if (control_) control_->close();
   co_await nbd_->shutdown();
   co_await primary_->drain();
+  if (syncer_) co_await syncer_->stop();
   if (replicator_) co_await replicator_->stop();
   if (secondary_ && role_ == Role::kSecondary) co_await secondary_->stop();
   if (Status s = co_await disk_->flush(); !s.ok()) spdlog::error("shutdown: {}", s.message());
   if (Status s = co_await meta_->sync_bitmap(*uring_); !s.ok()) spdlog::error("shutdown: {}", s.message());
   spdlog::info("resource {}: stopped cleanly; {} dirty extents", config_.name, map_->dirty_count());
+  hooks_->run("stop");
+  co_await hooks_->drain();
 }
 
 json Resource::status() const {
@@ -209,9 +420,17 @@ json Resource::status() const {
                    {"uuid", h.uuid_string()},
                    {"localcnt", h.localcnt},
                    {"remotecnt", h.remotecnt},
-                   {"fresh", (h.flags & kMetaFresh) != 0}};
+                   {"fresh", (h.flags & kMetaFresh) != 0},
+                   {"synchronising", (h.flags & kMetaSynchronising) != 0},
+                   {"sync_direction", !(h.flags & kMetaSynchronising)                      ? ""
+                                      : h.sync_direction == SyncDirection::kFromPeer ? "from-peer"
+                                                                                     : "to-peer"},
+                   {"inconsistent", (h.flags & kMetaSynchronising) && h.sync_direction == SyncDirection::kFromPeer}};
+  s["sync"] = sync_status();
+  s["in_sync"] = in_sync();
   s["extent_size"] = h.extent_size;
   s["dirty"] = {{"extents", map_->dirty_count()},
+                {"needs_sync_extents", map_->needs_sync_count()},
                 {"bytes", std::min(map_->dirty_count() * h.extent_size, h.data_size)},
                 {"keepdirty", config_.keepdirty}};
   s["nbd"] = {{"socket", role_ == Role::kPrimary ? config_.nbd.socket : ""},
@@ -228,7 +447,12 @@ json Resource::status() const {
   s["writes"] = {{"in_flight", ps.writes_in_flight},
                  {"degraded", ps.degraded_writes},
                  {"generation_bumps", ps.generation_bumps},
-                 {"remote_reads", ps.remote_reads}};
+                 {"remote_reads", ps.remote_reads},
+                 {"stale_refused", ps.stale_refused}};
+  s["hooks"] = {{"program", hooks_->program()},
+                {"started", hooks_->stats().started},
+                {"failed", hooks_->stats().failed},
+                {"timed_out", hooks_->stats().timed_out}};
   s["compression"] = to_string(config_.compression);
   s["checksum"] = to_string(config_.checksum);
   return s;

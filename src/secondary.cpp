@@ -121,15 +121,16 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
   }
   Status s;
   peer::Hello ours = hello_();
-  if (first->header.type != peer::kHello) {
-    s = Status::Error(EPROTO, std::string("expected HELLO, got ") + peer::type_name(first->header.type));
-  } else {
-    auto theirs = peer::decode_hello(first->payload.span());
-    if (!theirs.ok()) s = theirs.status();
-    else s = peer::check_hello(ours, *theirs, config_.peer_node);
-    if (s.ok() && theirs->role != uint8_t(Role::kPrimary))
-      s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not primary");
+  Result<peer::Hello> theirs = Status::Error(EPROTO, std::string("expected HELLO, got ") +
+                                                         peer::type_name(first->header.type));
+  if (first->header.type == peer::kHello) {
+    s = peer::verify_payload(first->header, first->payload.span());
+    if (s.ok()) theirs = peer::decode_hello(first->payload.span());
   }
+  if (s.ok()) s = theirs.status();
+  if (s.ok()) s = peer::check_hello(ours, *theirs, config_.peer_node);
+  if (s.ok() && theirs->role != uint8_t(Role::kPrimary))
+    s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not primary");
   if (!s.ok()) {
     ++refused_;
     last_error_ = s.message();
@@ -138,6 +139,23 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
     co_await conn->drain_sends();
     conn->close("handshake refused: " + s.message());
     co_return;
+  }
+  // Our HELLO goes first: the primary decides from the same two HELLOs.
+  peer::Header hh;
+  hh.type = peer::kHello;
+  auto payload = peer::encode_hello(ours);
+  hh.payload_length = uint32_t(payload.size());
+  conn->send(hh, std::move(payload));
+  if (on_hello) {
+    s = co_await on_hello(*theirs);
+    if (!s.ok()) {
+      ++refused_;
+      last_error_ = s.message();
+      conn->send_error(0, s);
+      co_await conn->drain_sends();
+      conn->close("handshake refused: " + s.message());
+      co_return;
+    }
   }
   if (conn_ && conn_->is_open()) {
     spdlog::warn("peer: a new connection from the primary replaces the current one");
@@ -148,11 +166,6 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
   ++connects_;
   since_ = std::chrono::system_clock::now();
   conn->set_timeout(std::chrono::seconds(config_.timeout));
-  peer::Header hh;
-  hh.type = peer::kHello;
-  auto payload = peer::encode_hello(ours);
-  hh.payload_length = uint32_t(payload.size());
-  conn->send(hh, std::move(payload));
   spdlog::info("peer: primary {} connected from {}", config_.peer_node, who);
   if (on_connected) on_connected();
 
@@ -167,15 +180,16 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
       case peer::kWrite:
       case peer::kTrim:
       case peer::kWriteZeroes:
-      case peer::kFlush: {
-        if (h.type != peer::kFlush && (h.offset > size || h.length > size - h.offset)) {
+      case peer::kFlush:
+      case peer::kSyncDone: {
+        const bool whole = h.type == peer::kFlush || h.type == peer::kSyncDone;
+        if (!whole && (h.offset > size || h.length > size - h.offset)) {
           conn->send_error(h.seq, Status::Error(EINVAL, "record beyond the end of the device"));
           continue;
         }
         if (h.flags & peer::kFlagWantReceived) reply(*conn, peer::kReceived, h.seq);
         // The place in the FIFO is taken now, in arrival order.
-        auto ticket = h.type == peer::kFlush ? order_.reserve(0, size, true)
-                                             : order_.reserve(h.offset, h.offset + h.length, true);
+        auto ticket = whole ? order_.reserve(0, size, true) : order_.reserve(h.offset, h.offset + h.length, true);
         ++applying_;
         asio::co_spawn(io_, apply(conn, std::move(*f), ticket), asio::detached);
         continue;
@@ -186,7 +200,8 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
           continue;
         }
         ++applying_;
-        asio::co_spawn(io_, read_for_peer(conn, h), asio::detached);
+        asio::co_spawn(io_, read_for_peer(conn, h, order_.reserve(h.offset, h.offset + h.length, false)),
+                       asio::detached);
         continue;
       default:
         conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the primary");
@@ -212,8 +227,15 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
         conn->close("record " + std::to_string(h.seq) + ": " + s.message());
         break;
       }
-      conn->stats().data_bytes_received += h.length;
-      s = co_await disk_.write(h.offset, data);
+      if (h.flags & peer::kFlagResync) resync_bytes_ += h.length;
+      else conn->stats().data_bytes_received += h.length;
+      // A copy of a hole stays a hole: a full sync of a sparse disk keeps
+      // the secondary's sparse too.
+      if ((h.flags & peer::kFlagResync) && (h.flags & peer::kFlagHole))
+        s = co_await disk_.write_zeroes(h.offset, h.length, /*may_unmap=*/true);
+      else
+        s = co_await disk_.write(h.offset, data);
+      if (s.ok() && (h.flags & peer::kFlagResync) && on_resync_bytes) on_resync_bytes(h.length);
       break;
     }
     case peer::kTrim:
@@ -225,6 +247,17 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
     case peer::kFlush:
       s = co_await disk_.flush();
       break;
+    case peer::kSyncDone: {
+      Status valid = peer::verify_payload(h, f.payload.span());
+      auto cnt = valid.ok() ? peer::decode_sync_done(f.payload.span()) : Result<uint64_t>(valid);
+      if (!cnt.ok()) {
+        conn->close(cnt.status().message());
+        break;
+      }
+      s = co_await disk_.flush();  // what the sync copied is durable before the counters say so
+      if (s.ok() && on_sync_done) s = co_await on_sync_done(*cnt);
+      break;
+    }
   }
   if (s.ok() && (h.flags & peer::kFlagFua)) s = co_await disk_.flush();
   if (conn->is_open()) {
@@ -243,9 +276,18 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
   changed_.notify_all();
 }
 
-awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h) {
+awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h,
+                                         RangeLock::Ticket ticket) {
   Buffer data = pool_.get(h.length);
-  Status s = co_await disk_.read(h.offset, data);
+  Status s;
+  {
+    auto guard = co_await order_.acquire(ticket);
+    s = co_await disk_.read(h.offset, data);
+  }
+  if (s.ok() && (h.flags & peer::kFlagResync)) {
+    resync_bytes_ += h.length;
+    if (on_resync_bytes) on_resync_bytes(h.length);
+  }
   if (conn->is_open()) {
     if (!s.ok()) {
       conn->send_error(h.seq, s);
@@ -253,7 +295,7 @@ awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, p
       auto enc = peer::encode_payload(data.span(), config_.compression, config_.checksum);
       peer::Header r;
       r.type = peer::kReadReply;
-      r.flags = enc.flags;
+      r.flags = enc.flags | (h.flags & peer::kFlagResync);
       r.seq = h.seq;
       r.offset = h.offset;
       r.length = h.length;
@@ -286,6 +328,7 @@ nlohmann::json Secondary::status() const {
       {"bytes_sent", s.bytes_sent},
       {"bytes_received", s.bytes_received},
       {"data_bytes_received", s.data_bytes_received},
+      {"resync_bytes", resync_bytes_},
   };
 }
 

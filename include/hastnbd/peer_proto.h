@@ -88,6 +88,8 @@ struct Encoded {
 // Chooses per record: all-zero data becomes a hole (compression hole or lz4),
 // lz4 is used only when it saves bytes. Pure function of its inputs.
 Encoded encode_payload(std::span<const uint8_t> data, Compression compression, Checksum checksum);
+// XXH3-64 of a payload as sent, for payload_checksum.
+uint64_t payload_checksum(std::span<const uint8_t> payload);
 // Verifies the checksum if flagged and expands into `out` (exactly h.length bytes).
 Status decode_payload(const Header& h, std::span<const uint8_t> payload, std::span<uint8_t> out);
 // Checks that `payload` is h.payload_length bytes and, if kFlagChecksummed is

@@ -9,7 +9,10 @@
 // Without a secondary the node runs degraded: writes complete locally, their
 // extents stay dirty, and the first write of each degraded period bumps
 // localcnt durably before it completes. A failed local read is retried on the
-// secondary when it holds good data for the range.
+// secondary when it holds good data for the range. While a sync from the
+// secondary is unfinished the local disk is inconsistent: stale ranges are
+// read from the secondary, and without one, writes fail rather than start a
+// generation the secondary's newer data would then conflict with.
 // Loop thread only; disk, metadata, activemap and replicator outlive it.
 #pragma once
 
@@ -18,6 +21,7 @@
 #include "hastnbd/config.h"
 #include "hastnbd/local_disk.h"
 #include "hastnbd/metadata.h"
+#include "hastnbd/range_lock.h"
 #include "hastnbd/replicator.h"
 #include "hastnbd/uring.h"
 
@@ -28,7 +32,8 @@ struct PrimaryStats {
   uint64_t generation_bumps = 0;
   uint64_t writes_in_flight = 0;    // until settled on the secondary too
   uint64_t degraded_writes = 0;     // completed without the secondary's confirmation
-  uint64_t remote_reads = 0;        // local read errors served by the secondary
+  uint64_t remote_reads = 0;        // reads served by the secondary (local error, or stale extent)
+  uint64_t stale_refused = 0;       // requests failed: local copy stale and no secondary to ask
 };
 
 class Primary : public BlockBackend {
@@ -48,6 +53,16 @@ class Primary : public BlockBackend {
   void peer_connected() { generation_bumped_ = false; }
   // Wait until no write is in flight, settlements on the secondary included.
   awaitable<void> drain();
+  // Makes every bitmap change up to `ticket` durable (coalesced fdatasync).
+  awaitable<Status> bitmap_durable(uint64_t ticket);
+  // Writes hold their range shared from before they are queued to the
+  // secondary until the local write completes; the syncer holds an extent
+  // exclusively while it copies it.
+  RangeLock& extent_lock() { return extent_lock_; }
+  // While a sync from the secondary is unfinished, says which ranges the
+  // local disk holds old data for: their reads go to the secondary, and
+  // without a secondary no request can be served correctly (EIO).
+  void set_local_stale(std::function<bool(uint64_t, uint64_t)> stale) { local_stale_ = std::move(stale); }
   const PrimaryStats& stats() const { return stats_; }
 
  private:
@@ -55,7 +70,7 @@ class Primary : public BlockBackend {
   awaitable<Status> modify(uint8_t record_type, uint16_t record_flags, uint64_t offset, uint64_t length, bool fua,
                            std::span<const uint8_t> data, Op local_op);
   awaitable<void> settle(std::shared_ptr<Record> rec, uint64_t offset, uint64_t length, bool local_ok);
-  awaitable<Status> bitmap_durable(uint64_t ticket);
+  awaitable<Status> read_remote(uint64_t offset, Buffer& out, const Status& local);
   awaitable<Status> generation_started();
   void write_finished(uint64_t offset, uint64_t length, bool confirmed);
 
@@ -70,6 +85,8 @@ class Primary : public BlockBackend {
   bool generation_bumped_ = false;
   bool generation_bump_running_ = false;
   AsyncCondition changed_;
+  RangeLock extent_lock_;
+  std::function<bool(uint64_t, uint64_t)> local_stale_;
   PrimaryStats stats_;
 };
 

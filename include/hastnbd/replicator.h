@@ -59,11 +59,17 @@ class Replicator {
 
   // Sends one record, or returns nullptr when not connected. Waits while
   // max_inflight bytes are already unacknowledged, so memory stays bounded.
+  // `data` is a WRITE's data (encoded per the config), or another record's
+  // payload (sent as is, checksummed per the config).
   awaitable<std::shared_ptr<Record>> submit(uint8_t type, uint16_t flags, uint64_t offset, uint32_t length,
                                             std::span<const uint8_t> data = {});
   // Reads [offset, offset+length) from the secondary; nullptr if not connected.
-  awaitable<std::shared_ptr<Record>> remote_read(uint64_t offset, uint32_t length);
+  awaitable<std::shared_ptr<Record>> remote_read(uint64_t offset, uint32_t length, uint16_t flags = 0);
 
+  // Called with the secondary's HELLO once it passed check_hello: decides
+  // whether the pair may connect (and who synchronises whom). An error
+  // refuses the peer; its message is sent to the secondary and logged.
+  std::function<awaitable<Status>(const peer::Hello& theirs)> on_hello;
   // Called (on the loop) each time a link comes up and each time it goes down.
   std::function<void()> on_connected;
   std::function<void(const std::string& reason)> on_disconnected;
@@ -87,6 +93,7 @@ class Replicator {
   PeerState state_ = PeerState::kDisconnected;
   std::chrono::system_clock::time_point state_since_;
   std::string last_error_;
+  std::string last_logged_;  // the last connect failure logged, so a retry loop logs each cause once
   std::shared_ptr<PeerConnection> conn_;
   std::unordered_map<uint64_t, std::shared_ptr<Record>> pending_;
   // Records in submission order with their send time: a secondary that stays
@@ -96,6 +103,7 @@ class Replicator {
   uint32_t lz4_skip_ = 0;     // records left to send without trying lz4
   uint32_t lz4_backoff_ = 0;  // current skip length after a miss
   uint64_t inflight_bytes_ = 0;
+  uint64_t resync_bytes_sent_ = 0;
   PeerStats totals_;  // of closed connections
   uint64_t connects_ = 0;
   bool running_ = false;

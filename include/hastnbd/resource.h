@@ -3,18 +3,20 @@
 // control socket). Everything here runs on the single loop thread.
 //
 // Lifecycle: open() validates and opens everything (synchronously, before the
-// loop runs) and leaves the resource in role init; start() binds the control
+// loop runs) and leaves the resource in role init (hook "start"); start() binds the control
 // socket; role changes and status come through handle_command(); shutdown()
 // drains in-flight I/O, syncs metadata and releases the sockets.
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <optional>
 
 #include "hastnbd/activemap.h"
 #include "hastnbd/buffer.h"
 #include "hastnbd/config.h"
 #include "hastnbd/control.h"
+#include "hastnbd/hooks.h"
 #include "hastnbd/local_disk.h"
 #include "hastnbd/metadata.h"
 #include "hastnbd/nbd_server.h"
@@ -22,6 +24,8 @@
 #include "hastnbd/replicator.h"
 #include "hastnbd/role.h"
 #include "hastnbd/secondary.h"
+#include "hastnbd/sync_decision.h"
+#include "hastnbd/syncer.h"
 #include "hastnbd/uring.h"
 
 namespace hastnbd {
@@ -45,6 +49,14 @@ class Resource {
   awaitable<void> leave_primary();
   peer::Hello hello() const;
   json peer_status() const;
+  json sync_status() const;
+  bool in_sync() const;
+  // The handshake: both sides decide from the two HELLOs (sync_decision.h).
+  awaitable<Status> on_peer_hello(const peer::Hello& theirs, bool as_primary);
+  awaitable<Status> prepare_sync_target(const peer::Hello& theirs, const SyncDecision& d);
+  awaitable<Status> on_sync_done(uint64_t primary_localcnt);
+  awaitable<Status> discard_my_data();
+  void wire_peer_events();
 
   asio::io_context& io_;
   ResourceConfig config_;
@@ -57,7 +69,18 @@ class Resource {
   std::unique_ptr<Secondary> secondary_;    // when the node has a `listen`
   std::unique_ptr<Primary> primary_;
   std::unique_ptr<NbdServer> nbd_;
+  std::unique_ptr<Syncer> syncer_;          // with replicator_
   std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<Hooks> hooks_;
+  SyncPlan plan_;                 // decided at the primary's last handshake, started when the link is up
+  SyncProgress secondary_sync_;   // the secondary's view of a sync it takes part in
+  bool secondary_in_sync_ = false;
+  struct PeerSeen {
+    uint64_t localcnt = 0, remotecnt = 0;
+    std::string decision;
+  };
+  std::optional<PeerSeen> peer_seen_;  // from the last HELLO the peer sent
+  bool split_brain_ = false;
   Role role_ = Role::kInit;
   std::chrono::system_clock::time_point role_since_;
   std::chrono::system_clock::time_point started_;

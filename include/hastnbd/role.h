@@ -18,6 +18,7 @@ struct RoleContext {
   size_t nbd_clients = 0;        // clients attached to the export
   bool secondary_available = false;  // this build can run the secondary role
   bool force = false;
+  bool sync_target = false;          // this node is the target of an unfinished sync: inconsistent data
 };
 
 // Ok if `from` -> `to` may proceed now (a change to the same role is a no-op

@@ -3,7 +3,8 @@
 // applies the primary's records to the local disk asynchronously — in
 // arrival order wherever they overlap (a FIFO range lock per record; a FLUSH
 // is a barrier over the whole device) — acknowledging each as asked.
-// A newer valid connection from the primary replaces an older one.
+// A READ is ordered after the writes that arrived before it. A newer valid
+// connection from the primary replaces an older one.
 // Never serves NBD. Loop thread only.
 #pragma once
 
@@ -34,15 +35,24 @@ class Secondary {
   PeerState state() const { return conn_ && conn_->is_open() ? PeerState::kConnected : PeerState::kDisconnected; }
   nlohmann::json status() const;
 
+  // The primary's HELLO passed check_hello: decide whether the pair may
+  // connect (our HELLO is already on its way, so the primary sees our
+  // counters either way). An error refuses the primary with its message.
+  std::function<awaitable<Status>(const peer::Hello& theirs)> on_hello;
   std::function<void()> on_connected;
   std::function<void(const std::string& reason)> on_disconnected;
+  // SYNC_DONE arrived after every earlier record was applied: store the
+  // primary's localcnt and forget the dirty map. Answered once it returns.
+  std::function<awaitable<Status>(uint64_t primary_localcnt)> on_sync_done;
+  // Bytes copied by the synchronisation (RESYNC records written or read).
+  std::function<void(uint64_t bytes)> on_resync_bytes;
 
  private:
   awaitable<void> accept_loop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor);
   awaitable<bool> from_configured_peer(const asio::ip::tcp::socket& socket);
   awaitable<void> serve(asio::ip::tcp::socket socket, std::string peer);
   awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
-  awaitable<void> read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h);
+  awaitable<void> read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h, RangeLock::Ticket ticket);
   void reply(PeerConnection& conn, uint8_t type, uint64_t seq);
 
   asio::io_context& io_;
@@ -59,6 +69,7 @@ class Secondary {
   std::string last_error_;
   PeerStats totals_;
   uint64_t records_applied_ = 0;
+  uint64_t resync_bytes_ = 0;   // written or read for the synchronisation
   uint64_t apply_errors_ = 0;
   uint64_t refused_ = 0;
   uint64_t connects_ = 0;

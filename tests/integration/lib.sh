@@ -694,6 +694,16 @@ wait_peer_state_not() {
   wait_for "$4" "node $2 peer state to leave $3" _peer_state_is_not "$1" "$2" "$3"
 }
 
+_in_sync() {  # CONF NODE
+  [ "$(status_field "$1" "$2" '["in_sync"]')" = True ]
+}
+
+# wait_in_sync CONF NODE SECS: until the node says it is connected and no
+# synchronisation is left (on the primary: every copy confirmed).
+wait_in_sync() {
+  wait_for "$3" "node $2 in sync" _in_sync "$1" "$2"
+}
+
 # start_daemon_ns NETNS CONF NODE RES: start_daemon, inside a network
 # namespace (`ip netns exec` execs, so the pid is the daemon's own).
 start_daemon_ns() {
@@ -701,7 +711,7 @@ start_daemon_ns() {
 }
 
 # start_pair CONF: metadata for both nodes, both daemons, b secondary, a
-# primary, and the link up within 10 s. Sets PAIR_PID_A and PAIR_PID_B.
+# primary, the link up within 10 s and the initial full sync done. Sets PAIR_PID_A and PAIR_PID_B.
 start_pair() {
   local conf="$1"
   create_resource "$conf" a data >/dev/null
@@ -718,6 +728,12 @@ start_pair() {
     show_log "$(daemon_log a)"
     show_log "$(daemon_log b)"
     die "the primary did not connect to the secondary within 10 s"
+  fi
+  # A fresh pair starts with a full synchronisation.
+  if ! wait_in_sync "$conf" a 60; then
+    show_log "$(daemon_log a)"
+    show_log "$(daemon_log b)"
+    die "the initial full synchronisation did not finish within 60 s"
   fi
 }
 
