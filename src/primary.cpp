@@ -19,7 +19,9 @@ Primary::Primary(asio::io_context& io, LocalDisk& disk, MetadataFile& meta, Acti
       extent_lock_(io.get_executor()) {}
 
 awaitable<Status> Primary::read_remote(uint64_t offset, Buffer& out, const Status& local) {
-  auto rec = replicator_ ? co_await replicator_->remote_read(offset, uint32_t(out.size())) : nullptr;
+  // (No co_await inside ?: : GCC 12 miscompiles it.)
+  std::shared_ptr<Record> rec;
+  if (replicator_) rec = co_await replicator_->remote_read(offset, uint32_t(out.size()));
   if (!rec) co_return local;
   co_await rec->settled.wait();
   if (!rec->ok || rec->data.size() != out.size()) {
