@@ -38,6 +38,22 @@ void run_loop(F body) {
 
 }  // namespace
 
+TEST_CASE("the target of an unfinished sync is promoted only by force", "[role]") {
+  RoleContext target{0, true, false, /*sync_target=*/true};
+  for (Role from : {Role::kInit, Role::kSecondary}) {
+    auto s = check_role_change(from, Role::kPrimary, target);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.code() == EPERM);
+    CHECK_THAT(s.message(), Catch::Contains("unfinished synchronisation") && Catch::Contains("--force"));
+  }
+  // Other changes stay allowed: it can wait as secondary for the sync to finish.
+  CHECK(check_role_change(Role::kInit, Role::kSecondary, target).ok());
+  CHECK(check_role_change(Role::kSecondary, Role::kInit, target).ok());
+  RoleContext forced = target;
+  forced.force = true;
+  CHECK(check_role_change(Role::kSecondary, Role::kPrimary, forced).ok());
+}
+
 TEST_CASE("range lock: shared holders coexist, exclusive waits, FIFO", "[rangelock]") {
   std::vector<std::string> log;
   run_loop([&](asio::io_context& io) -> awaitable<void> {
