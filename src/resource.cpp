@@ -200,6 +200,9 @@ awaitable<Status> Resource::on_sync_done(uint64_t primary_localcnt) {
   if (secondary_sync_.state == SyncProgress::State::kRunning) {
     secondary_sync_.state = SyncProgress::State::kDone;
     secondary_sync_.ended_wall = std::chrono::system_clock::now();
+    // The plan here was an upper bound (the primary's map holds extents it
+    // knew we already had); what came is what there was to copy.
+    secondary_sync_.total_bytes = secondary_sync_.done_bytes;
     spdlog::info("sync: done ({} bytes copied); remotecnt now {}", secondary_sync_.done_bytes, primary_localcnt);
     hooks_->run("syncdone");
   }
