@@ -84,7 +84,7 @@ log "fio finished with the sync $state1 at $((done1 / MIB)) of $((SIZE / MIB)) M
 t0=$(date +%s)
 wait_in_sync "$conf" a 90 || { show_logs; die "a not in sync within 90 s"; }
 log "in sync $(($(date +%s) - t0)) s after fio; sync $(field a '["sync"]["state"]') in $(field a '["sync"]["elapsed_seconds"]') s"
-[ "$(field a '["sync"]["state"]')" = done ] || die "sync.state is not done"
+[ "$(field a '["sync"]["state"]')" = "done" ] || die "sync.state is not done"
 nbd_flush "$sock"
 wait_in_sync "$conf" b 10 || { show_logs; die "b does not say in sync"; }
 stop_daemon "$pid_a"
