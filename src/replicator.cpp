@@ -190,9 +190,11 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   auto theirs = peer::decode_hello(f->payload.span());
   if (!theirs.ok()) co_return Status::Error(EPROTO, "handshake: " + theirs.status().message());
   Status s = peer::check_hello(ours, *theirs, config_.peer_node);
+  // A peer that is primary too still gets the decision: it tells a
+  // split-brain from two primaries that merely met (both refuse either way).
+  if (s.ok() && on_hello && theirs->role != uint8_t(Role::kInit)) s = co_await on_hello(*theirs);
   if (s.ok() && theirs->role != uint8_t(Role::kSecondary))
     s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not in role secondary");
-  if (s.ok() && on_hello) s = co_await on_hello(*theirs);
   if (!s.ok()) {
     conn->send_error(0, s);
     co_await conn->drain_sends();

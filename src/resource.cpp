@@ -125,8 +125,11 @@ awaitable<Status> Resource::on_peer_hello(const peer::Hello& theirs, bool as_pri
   const MetaHeader& h = meta_->header();
   Generation ours{h.uuid, h.localcnt, h.remotecnt, (h.flags & kMetaFresh) != 0};
   Generation peer{theirs.uuid, theirs.localcnt, theirs.remotecnt, (theirs.meta_flags & kMetaFresh) != 0};
+  const bool both_primary = role_ == Role::kPrimary && theirs.role == uint8_t(Role::kPrimary);
   SyncDecision d = as_primary ? decide_sync(ours, peer) : decide_sync(peer, ours);
-  peer_seen_ = PeerSeen{theirs.localcnt, theirs.remotecnt, to_string(d.kind)};
+  peer_seen_ = PeerSeen{theirs.localcnt, theirs.remotecnt, both_primary && d.kind != SyncKind::kSplitBrain
+                                                               ? "both-primary"
+                                                               : to_string(d.kind)};
   if (d.kind == SyncKind::kSplitBrain) {
     if (!split_brain_) {
       split_brain_ = true;
@@ -137,6 +140,9 @@ awaitable<Status> Resource::on_peer_hello(const peer::Hello& theirs, bool as_pri
     co_return Status::Error(EPERM, d.reason);
   }
   if (d.refuse) co_return Status::Error(EINVAL, d.reason);
+  // Two primaries meet only to find out whether they diverged: never connect.
+  if (both_primary)
+    co_return Status::Error(EBUSY, "both nodes are primary: make one of them secondary (neither wrote alone)");
   if (split_brain_) {
     split_brain_ = false;
     spdlog::info("resource {}: no longer in split-brain with {}", config_.name, theirs.node);
@@ -322,6 +328,14 @@ Status Resource::become_primary() {
   }
   if (syncer_) syncer_->forget_direction();
   split_brain_ = false;
+  // A primary listens too, only to tell a peer that is also primary whether
+  // the two diverged (split-brain) and to refuse it either way.
+  if (secondary_) {
+    if (Status s = secondary_->start(/*as_primary=*/true); !s.ok()) {
+      nbd_->stop_listening();
+      return s;
+    }
+  }
   if (replicator_) replicator_->start();
   return Status::Ok();
 }
@@ -333,6 +347,7 @@ awaitable<void> Resource::leave_primary() {
   if (!s.ok()) spdlog::error("resource {}: flush on leaving primary: {}", config_.name, s.message());
   if (syncer_) co_await syncer_->stop();
   if (replicator_) co_await replicator_->stop();
+  if (secondary_) co_await secondary_->stop();
   split_brain_ = false;
 }
 
@@ -393,7 +408,7 @@ awaitable<void> Resource::shutdown() {
   co_await primary_->drain();
   if (syncer_) co_await syncer_->stop();
   if (replicator_) co_await replicator_->stop();
-  if (secondary_ && role_ == Role::kSecondary) co_await secondary_->stop();
+  if (secondary_ && role_ != Role::kInit) co_await secondary_->stop();
   if (Status s = co_await disk_->flush(); !s.ok()) spdlog::error("shutdown: {}", s.message());
   if (Status s = co_await meta_->sync_bitmap(*uring_); !s.ok()) spdlog::error("shutdown: {}", s.message());
   spdlog::info("resource {}: stopped cleanly; {} dirty extents", config_.name, map_->dirty_count());

@@ -28,7 +28,8 @@ Secondary::~Secondary() {
   if (conn_) conn_->close("shutting down");
 }
 
-Status Secondary::start() {
+Status Secondary::start(bool as_primary) {
+  as_primary_ = as_primary;
   if (!config_.listen) return Status::Error(EINVAL, "role secondary needs a 'listen' address for node " + config_.node);
   error_code ec;
   asio::ip::tcp::resolver resolver(io_);
@@ -46,7 +47,7 @@ Status Secondary::start() {
   acceptor_ = acceptor;
   since_ = std::chrono::system_clock::now();
   asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
-  spdlog::info("peer: secondary listening on {} for {}", config_.listen->to_string(),
+  spdlog::info("peer: {} listening on {} for {}", as_primary ? "primary" : "secondary", config_.listen->to_string(),
                config_.remote ? config_.remote->to_string() : std::string("any address"));
   return Status::Ok();
 }
@@ -146,16 +147,18 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
   auto payload = peer::encode_hello(ours);
   hh.payload_length = uint32_t(payload.size());
   conn->send(hh, std::move(payload));
-  if (on_hello) {
-    s = co_await on_hello(*theirs);
-    if (!s.ok()) {
-      ++refused_;
-      last_error_ = s.message();
-      conn->send_error(0, s);
-      co_await conn->drain_sends();
-      conn->close("handshake refused: " + s.message());
-      co_return;
-    }
+  if (on_hello) s = co_await on_hello(*theirs);
+  if (s.ok() && as_primary_) s = Status::Error(EBUSY, "both nodes are primary");
+  if (!s.ok()) {
+    ++refused_;
+    if (s.message() != last_error_)  // a retrying peer: one line per cause
+      spdlog::error("peer: refused the {} connection from {}: {}", as_primary_ ? "other primary's" : "primary's",
+                    who, s.message());
+    last_error_ = s.message();
+    conn->send_error(0, s);
+    co_await conn->drain_sends();
+    conn->close("handshake refused: " + s.message());
+    co_return;
   }
   if (conn_ && conn_->is_open()) {
     spdlog::warn("peer: a new connection from the primary replaces the current one");

@@ -29,7 +29,10 @@ class Secondary {
             std::function<peer::Hello()> hello);
   ~Secondary();
 
-  Status start();          // bind the listener
+  // Bind the listener. As a primary (`as_primary`), only to meet a peer that
+  // is primary too: HELLOs are exchanged so that on_hello can detect a
+  // split-brain, and the peer is always refused.
+  Status start(bool as_primary = false);
   awaitable<void> stop();  // close listener and link; wait for records being applied
 
   PeerState state() const { return conn_ && conn_->is_open() ? PeerState::kConnected : PeerState::kDisconnected; }
@@ -61,6 +64,7 @@ class Secondary {
   LocalDisk& disk_;
   std::function<peer::Hello()> hello_;
   std::shared_ptr<asio::ip::tcp::acceptor> acceptor_;
+  bool as_primary_ = false;
   std::shared_ptr<PeerConnection> conn_;
   RangeLock order_;
   uint64_t applying_ = 0;

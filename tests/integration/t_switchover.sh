@@ -7,8 +7,9 @@
 #     becomes secondary.
 #  3. b becomes primary, connects to a (in step: nobody wrote alone) and
 #     serves every acknowledged write.
-#  4. a becomes primary too: with two primaries neither listens for the
-#     other, so they stay apart; a back to secondary: in step again.
+#  4. a becomes primary too: the two primaries meet, find that neither wrote
+#     alone (no split-brain) and refuse each other; a back to secondary: in
+#     step again.
 #  5. Both disks byte-identical.
 source "$(dirname "$0")/lib.sh"
 require_root
@@ -55,6 +56,8 @@ for n in a b; do
   st="$(field "$n" '["peer"]["state"]')"
   [ "$st" != connected ] || die "two primaries connected (node $n peer state $st)"
 done
+[ "$(field b '["peer"]["decision"]')" = both-primary ] || die "decision $(field b '["peer"]["decision"]') between two primaries"
+[ "$(field b '["peer"]["split_brain"]')" = False ] || die "two primaries that did not write alone called a split-brain"
 hastnbd_ctl "$conf" a role secondary data >/dev/null || die "role secondary on a failed"
 wait_in_sync "$conf" b 30 || die "b did not get back in sync with a"
 [ "$(field b '["peer"]["decision"]')" = in-step ] || die "decision $(field b '["peer"]["decision"]') after the double primary"
