@@ -337,7 +337,7 @@ Result<Header> decode_header(std::span<const uint8_t, kHeaderSize> b) {
 
 uint64_t payload_checksum(std::span<const uint8_t> payload) { return XXH3_64bits(payload.data(), payload.size()); }
 
-Encoded encode_payload(std::span<const uint8_t> data, Compression compression, Checksum checksum) {
+Encoded encode_payload(std::span<const uint8_t> data, Compression compression, Checksum checksum, bool copy_raw) {
   Encoded e;
   if (compression != Compression::kNone && all_zero(data)) {
     e.flags = kFlagHole;
@@ -360,10 +360,12 @@ Encoded encode_payload(std::span<const uint8_t> data, Compression compression, C
       compressed = true;
     }
   }
-  if (!compressed) e.payload.assign(data.begin(), data.end());
+  e.raw = !compressed;
+  if (e.raw && copy_raw) e.payload.assign(data.begin(), data.end());
   if (checksum == Checksum::kXxh3) {
     e.flags |= kFlagChecksummed;
-    e.checksum = XXH3_64bits(e.payload.data(), e.payload.size());
+    std::span<const uint8_t> sent = e.raw ? data : std::span<const uint8_t>(e.payload);
+    e.checksum = XXH3_64bits(sent.data(), sent.size());
   }
   return e;
 }

@@ -109,6 +109,19 @@ void Replicator::settle(uint64_t seq, bool ok, const std::string& error) {
 
 awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t flags, uint64_t offset,
                                                      uint32_t length, std::span<const uint8_t> data) {
+  return submit_impl(type, flags, offset, length, data, nullptr);
+}
+
+awaitable<std::shared_ptr<Record>> Replicator::submit_buffer(uint16_t flags, uint64_t offset, Buffer data) {
+  // The frame keeps `data` alive: the span below outlives this call.
+  std::span<const uint8_t> span = data.span();
+  auto rec = co_await submit_impl(peer::kWrite, flags, offset, uint32_t(span.size()), span, &data);
+  co_return rec;
+}
+
+awaitable<std::shared_ptr<Record>> Replicator::submit_impl(uint8_t type, uint16_t flags, uint64_t offset,
+                                                          uint32_t length, std::span<const uint8_t> data,
+                                                          Buffer* owned) {
   const uint64_t cost = peer::kHeaderSize + data.size();
   while (connected() && inflight_bytes_ > 0 && inflight_bytes_ + cost > config_.max_inflight)
     co_await changed_.wait();
@@ -137,16 +150,17 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
       c = Compression::kHole;
       --lz4_skip_;
     }
-    auto enc = peer::encode_payload(data, c, config_.checksum);
+    auto enc = peer::encode_payload(data, c, config_.checksum, /*copy_raw=*/owned == nullptr);
     if (try_lz4) {
       bool hit = enc.flags & (peer::kFlagLz4 | peer::kFlagHole);
       lz4_backoff_ = hit ? 0 : std::min<uint32_t>(lz4_backoff_ ? lz4_backoff_ * 2 : 1, kMaxLz4Backoff);
       lz4_skip_ = lz4_backoff_;
     }
     h.flags |= enc.flags;
-    h.payload_length = uint32_t(enc.payload.size());
+    h.payload_length = uint32_t(enc.raw ? data.size() : enc.payload.size());
     h.payload_checksum = enc.checksum;
     payload = std::move(enc.payload);
+    if (!enc.raw) owned = nullptr;  // the payload is the encoded copy
   } else if (!data.empty()) {
     payload.assign(data.begin(), data.end());
     h.payload_length = uint32_t(payload.size());
@@ -161,7 +175,9 @@ awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t fla
   // Data the synchronisation copies is counted apart from the clients' writes.
   const bool resync = flags & peer::kFlagResync;
   if (resync && type == peer::kWrite) resync_bytes_sent_ += data.size();
-  conn_->send(h, std::move(payload), type == peer::kWrite && !resync ? data.size() : 0);
+  const uint64_t counted = type == peer::kWrite && !resync ? data.size() : 0;
+  if (owned) conn_->send(h, std::move(*owned), counted);
+  else conn_->send(h, std::move(payload), counted);
   co_return rec;
 }
 

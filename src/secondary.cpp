@@ -223,8 +223,12 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
   Status s;
   switch (h.type) {
     case peer::kWrite: {
-      Buffer data = pool_.get(h.length);
-      s = peer::decode_payload(h, f.payload.span(), data.span());
+      // A raw payload is the data: checked, then written from where it was
+      // received (pool buffers are aligned for O_DIRECT).
+      const bool raw = !(h.flags & (peer::kFlagLz4 | peer::kFlagHole));
+      Buffer data = raw ? Buffer() : pool_.get(h.length);
+      s = raw ? peer::verify_payload(h, f.payload.span()) : peer::decode_payload(h, f.payload.span(), data.span());
+      if (raw) data = std::move(f.payload);
       if (!s.ok()) {
         // Corruption in transit: nothing of this link can be trusted any more.
         conn->close("record " + std::to_string(h.seq) + ": " + s.message());

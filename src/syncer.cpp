@@ -179,7 +179,7 @@ awaitable<bool> Syncer::copy_extent(uint64_t run_id, uint64_t e) {
           failure_ = "reading " + std::to_string(n) + " bytes at " + std::to_string(pos) + ": " + s.message();
           co_return false;
         }
-        auto rec = co_await replicator_.submit(peer::kWrite, peer::kFlagResync, pos, n, buf.span());
+        auto rec = co_await replicator_.submit_buffer(peer::kFlagResync, pos, std::move(buf));
         if (!rec) co_return false;
         recs.push_back(std::move(rec));
       } else {

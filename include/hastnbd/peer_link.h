@@ -46,6 +46,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<Result<Frame>> read_frame();
   // Queue a frame; payload_length and the checksum field come from `header`.
   void send(const peer::Header& header, std::vector<uint8_t> payload = {}, uint64_t data_bytes = 0);
+  // The same with a pool buffer as the payload, sent without a copy.
+  void send(const peer::Header& header, Buffer payload, uint64_t data_bytes = 0);
   // Queue a kError record about record `seq` (0: about the connection).
   void send_error(uint64_t seq, const Status& status);
   // Waits until the send queue is empty (or the link is closed).
@@ -73,6 +75,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   struct Outgoing {
     std::array<uint8_t, peer::kHeaderSize> header;
     std::vector<uint8_t> payload;
+    Buffer buffer;  // the payload instead, when it came as a Buffer
+    std::span<const uint8_t> bytes() const {
+      return buffer ? std::span<const uint8_t>(buffer.span()) : std::span<const uint8_t>(payload);
+    }
   };
   awaitable<void> writer();
   awaitable<void> keepalive();

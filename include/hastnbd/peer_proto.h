@@ -84,10 +84,14 @@ struct Encoded {
   uint16_t flags = 0;            // kFlagLz4 / kFlagHole / kFlagChecksummed as applied
   std::vector<uint8_t> payload;  // empty for a hole; data copied or compressed otherwise
   uint64_t checksum = 0;
+  bool raw = false;              // the payload is the data as is
 };
 // Chooses per record: all-zero data becomes a hole (compression hole or lz4),
 // lz4 is used only when it saves bytes. Pure function of its inputs.
-Encoded encode_payload(std::span<const uint8_t> data, Compression compression, Checksum checksum);
+// With copy_raw false, a raw result leaves `payload` empty: the caller sends
+// the data itself (no copy of a buffer it owns).
+Encoded encode_payload(std::span<const uint8_t> data, Compression compression, Checksum checksum,
+                       bool copy_raw = true);
 // XXH3-64 of a payload as sent, for payload_checksum.
 uint64_t payload_checksum(std::span<const uint8_t> payload);
 // Verifies the checksum if flagged and expands into `out` (exactly h.length bytes).

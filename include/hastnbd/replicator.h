@@ -63,6 +63,9 @@ class Replicator {
   // payload (sent as is, checksummed per the config).
   awaitable<std::shared_ptr<Record>> submit(uint8_t type, uint16_t flags, uint64_t offset, uint32_t length,
                                             std::span<const uint8_t> data = {});
+  // A WRITE whose data the caller hands over: sent without a copy when it
+  // goes raw (the synchronisation's path).
+  awaitable<std::shared_ptr<Record>> submit_buffer(uint16_t flags, uint64_t offset, Buffer data);
   // Reads [offset, offset+length) from the secondary; nullptr if not connected.
   awaitable<std::shared_ptr<Record>> remote_read(uint64_t offset, uint32_t length, uint16_t flags = 0);
 
@@ -79,6 +82,8 @@ class Replicator {
 
  private:
   awaitable<void> run(uint64_t run_id);
+  awaitable<std::shared_ptr<Record>> submit_impl(uint8_t type, uint16_t flags, uint64_t offset, uint32_t length,
+                                                 std::span<const uint8_t> data, Buffer* owned);
   awaitable<Status> handshake(std::shared_ptr<PeerConnection> conn);
   awaitable<void> read_acks(std::shared_ptr<PeerConnection> conn);
   awaitable<void> ack_watchdog(std::shared_ptr<PeerConnection> conn);
