@@ -134,7 +134,12 @@ def map_bytes(data_size, extent_size):
 
 
 def hello_payload(resource, node, role, data_size, extent_size, uuid=b"\x11" * 16,
-                  localcnt=0, remotecnt=0, meta_flags=META_FRESH, dirty=None):
+                  localcnt=0, remotecnt=0, meta_flags=None, dirty=None):
+    # A fresh secondary (the daemon full-syncs to it); a primary with data,
+    # as a real one is (a fresh primary facing a secondary that adopted its
+    # UUID would be refused by the sync decision).
+    if meta_flags is None:
+        meta_flags = META_FRESH if role == ROLE_SECONDARY else 0
     if dirty is None:
         dirty = bytes(map_bytes(data_size, extent_size))
     return (struct.pack(">I", 1) + name_field(resource) + name_field(node) + bytes([role]) +

@@ -698,6 +698,10 @@ _in_sync() {  # CONF NODE
   [ "$(status_field "$1" "$2" '["in_sync"]')" = True ]
 }
 
+_sync_state_is() {  # CONF NODE STATE
+  [ "$(status_field "$1" "$2" '["sync"]["state"]')" = "$3" ]
+}
+
 # wait_in_sync CONF NODE SECS: until the node says it is connected and no
 # synchronisation is left (on the primary: every copy confirmed).
 wait_in_sync() {

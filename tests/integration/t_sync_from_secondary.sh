@@ -58,7 +58,7 @@ _done_some() { [ "$(field a '["sync"]["done_bytes"]')" -ge "$EXT" ]; }
 wait_for 20 "one extent copied" _done_some || die "the sync from b made no progress"
 kill -KILL "$pid_b"
 wait_peer_state_not "$conf" a connected 10 || die "a did not notice b die"
-[ "$(field a '["sync"]["state"]')" = interrupted ] || die "sync state $(field a '["sync"]["state"]') after b died"
+wait_for 10 "the sync to stop" _sync_state_is "$conf" a interrupted || die "sync state $(field a '["sync"]["state"]') after b died"
 if qio "$sock_a" "read -P 0x77 $((46 * 1048576)) 4096" >"$T/stale.out" 2>&1 && ! grep -qi 'error' "$T/stale.out"; then
   die "a served a stale extent with its source gone: $(cat "$T/stale.out")"
 fi

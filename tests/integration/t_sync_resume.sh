@@ -49,7 +49,7 @@ _done_at_least() { [ "$(field a '["sync"]["done_bytes"]')" -ge "$1" ]; }
 wait_for 30 "a third of the catch-up" _done_at_least $((16 * EXT)) || die "the sync made no progress"
 kill -KILL "$pid_b"
 wait_peer_state_not "$conf" a connected 10 || die "a did not notice b die"
-[ "$(field a '["sync"]["state"]')" = interrupted ] || die "sync state $(field a '["sync"]["state"]') after the target died"
+wait_for 10 "the sync to stop" _sync_state_is "$conf" a interrupted || die "sync state $(field a '["sync"]["state"]') after the target died"
 left="$(field a '["dirty"]["needs_sync_extents"]')"
 log "b killed mid-sync: $left extents left of 48"
 [ "$left" -lt 48 ] && [ "$left" -gt 0 ] || die "$left extents left after an interrupted sync"
