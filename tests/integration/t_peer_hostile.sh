@@ -174,7 +174,11 @@ log "(i) secondary peak RSS: ${hwm0} KiB before, ${hwm1} KiB after the hostile p
 [ "$hwm1" -lt $((hwm0 + 48 * 1024)) ] \
   || die "the secondary's peak RSS grew from $hwm0 to $hwm1 KiB under a hostile peer"
 
-# The real primary now connects and replicates.
+# The real primary now connects and replicates. The fake primary's valid
+# handshakes made b adopt its resource UUID (b was fresh): to the real,
+# fresh primary b now holds another resource's data and is refused - as it
+# should be - until the operator discards b's data.
+hastnbd_ctl "$conf" b discard-my-data data >/dev/null || die "discard-my-data on b failed"
 start_daemon "$conf" a data
 pid_a=$DAEMON_PID
 make_primary "$conf" a data
