@@ -702,6 +702,20 @@ _sync_state_is() {  # CONF NODE STATE
   [ "$(status_field "$1" "$2" '["sync"]["state"]')" = "$3" ]
 }
 
+# acked_writer_start SOCK LEDGER BYTES MIN: in the background, acked_writes.py
+# writes 4 KiB blocks over [0, BYTES) through SOCK, 16 in flight, logging every
+# acknowledged write to LEDGER (output in $T/writer.out); returns once MIN
+# writes are acknowledged. Sets ACKED_WRITER to its pid.
+acked_writer_start() {
+  local sock="$1" ledger="$2" bytes="$3" min="$4"
+  "$HASTNBD_PYTHON" "$LIB_DIR/acked_writes.py" write "$sock" "$ledger" 0 "$bytes" \
+    --depth 16 --seconds 60 >"$T/writer.out" 2>&1 &
+  ACKED_WRITER=$!
+  _acked_at_least() { [ "$(wc -l <"$1" 2>/dev/null || echo 0)" -gt "$2" ]; }
+  wait_for 30 "$min acknowledged writes" _acked_at_least "$ledger" "$min" \
+    || die "the writer got no acknowledgements: $(cat "$T/writer.out")"
+}
+
 # wait_in_sync CONF NODE SECS: until the node says it is connected and no
 # synchronisation is left (on the primary: every copy confirmed).
 wait_in_sync() {

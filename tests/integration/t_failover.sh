@@ -26,13 +26,9 @@ sock_a="$(nbd_socket "$conf" a data)" sock_b="$(nbd_socket "$conf" b data)"
 
 # 2. writes through a, a killed under them
 ledger="$T/ledger"
-"$HASTNBD_PYTHON" "$LIB_DIR/acked_writes.py" write "$sock_a" "$ledger" 0 $((48 * 1048576)) \
-  --depth 16 --seconds 60 >"$T/writer.out" 2>&1 &
-writer=$!
-_acked_some() { [ "$(wc -l <"$ledger" 2>/dev/null || echo 0)" -gt 2000 ]; }
-wait_for 30 "2000 acknowledged writes through a" _acked_some || die "the writer got no acknowledgements: $(cat "$T/writer.out")"
+acked_writer_start "$sock_a" "$ledger" $((48 * 1048576)) 2000
 kill -KILL "$pid_a"
-wait "$writer" || true
+wait "$ACKED_WRITER" || true
 cat "$T/writer.out"
 acked=$(($(wc -l <"$ledger") - 1))
 log "a killed with $acked writes acknowledged"

@@ -25,17 +25,13 @@ field() { status_field "$conf" "$@"; }
 
 # 1.
 ledger="$T/ledger"
-"$HASTNBD_PYTHON" "$LIB_DIR/acked_writes.py" write "$sock_a" "$ledger" 0 $((64 * 1048576)) \
-  --depth 16 --seconds 60 >"$T/writer.out" 2>&1 &
-writer=$!
-_acked_some() { [ "$(wc -l <"$ledger" 2>/dev/null || echo 0)" -gt 1000 ]; }
-wait_for 30 "1000 acknowledged writes through a" _acked_some || die "no acknowledgements: $(cat "$T/writer.out")"
+acked_writer_start "$sock_a" "$ledger" $((64 * 1048576)) 1000
 
 # 2.
 if hastnbd_ctl "$conf" a role secondary data 2>"$T/busy.err"; then die "role change allowed with a client attached"; fi
 grep -q "NBD client(s) attached" "$T/busy.err" || die "unexpected refusal: $(cat "$T/busy.err")"
 hastnbd_ctl "$conf" a role --force secondary data >/dev/null || die "forced role secondary on a failed"
-wait "$writer" || true
+wait "$ACKED_WRITER" || true
 cat "$T/writer.out"
 grep -q 'connection ended' "$T/writer.out" || die "the writer was not interrupted by the role change"
 [ "$(field a '["role"]')" = secondary ] || die "a is not secondary"
