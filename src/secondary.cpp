@@ -133,12 +133,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
   if (s.ok() && theirs->role != uint8_t(Role::kPrimary))
     s = Status::Error(EINVAL, "peer '" + theirs->node + "' is not primary");
   if (!s.ok()) {
-    ++refused_;
-    last_error_ = s.message();
-    spdlog::error("peer: refused the primary's connection from {}: {}", who, s.message());
-    conn->send_error(0, s);
-    co_await conn->drain_sends();
-    conn->close("handshake refused: " + s.message());
+    co_await refuse(conn, who, s, /*always_log=*/true);
     co_return;
   }
   // Our HELLO goes first: the primary decides from the same two HELLOs.
@@ -150,14 +145,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
   if (on_hello) s = co_await on_hello(*theirs);
   if (s.ok() && as_primary_) s = Status::Error(EBUSY, "both nodes are primary");
   if (!s.ok()) {
-    ++refused_;
-    if (s.message() != last_error_)  // a retrying peer: one line per cause
-      spdlog::error("peer: refused the {} connection from {}: {}", as_primary_ ? "other primary's" : "primary's",
-                    who, s.message());
-    last_error_ = s.message();
-    conn->send_error(0, s);
-    co_await conn->drain_sends();
-    conn->close("handshake refused: " + s.message());
+    co_await refuse(conn, who, s, /*always_log=*/false);
     co_return;
   }
   if (conn_ && conn_->is_open()) {
@@ -215,6 +203,20 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
   last_error_ = conn->close_reason();
   spdlog::warn("peer: primary disconnected: {}", conn->close_reason());
   if (on_disconnected) on_disconnected(conn->close_reason());
+}
+
+// A handshake refused: the reason goes to the peer and to the log (once per
+// cause when `always_log` is false: a primary retrying the same refusal).
+awaitable<void> Secondary::refuse(std::shared_ptr<PeerConnection> conn, const std::string& who, const Status& s,
+                                  bool always_log) {
+  ++refused_;
+  if (always_log || s.message() != last_error_)
+    spdlog::error("peer: refused the {} connection from {}: {}", as_primary_ ? "other primary's" : "primary's", who,
+                  s.message());
+  last_error_ = s.message();
+  conn->send_error(0, s);
+  co_await conn->drain_sends();
+  conn->close("handshake refused: " + s.message());
 }
 
 awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, RangeLock::Ticket ticket) {

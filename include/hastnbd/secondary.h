@@ -54,6 +54,8 @@ class Secondary {
   awaitable<void> accept_loop(std::shared_ptr<asio::ip::tcp::acceptor> acceptor);
   awaitable<bool> from_configured_peer(const asio::ip::tcp::socket& socket);
   awaitable<void> serve(asio::ip::tcp::socket socket, std::string peer);
+  awaitable<void> refuse(std::shared_ptr<PeerConnection> conn, const std::string& who, const Status& s,
+                         bool always_log);
   awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
   awaitable<void> read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h, RangeLock::Ticket ticket);
   void reply(PeerConnection& conn, uint8_t type, uint64_t seq);
