@@ -450,7 +450,8 @@ json Resource::status() const {
   s["dirty"] = {{"extents", map_->dirty_count()},
                 {"needs_sync_extents", map_->needs_sync_count()},
                 {"bytes", std::min(map_->dirty_count() * h.extent_size, h.data_size)},
-                {"keepdirty", config_.keepdirty}};
+                {"keepdirty", config_.keepdirty},
+                {"extent_size", h.extent_size}};
   s["nbd"] = {{"socket", role_ == Role::kPrimary ? config_.nbd.socket : ""},
               {"tcp", (role_ == Role::kPrimary && config_.nbd.listen) ? config_.nbd.listen->to_string() : ""},
               {"clients", nbd_->clients()},

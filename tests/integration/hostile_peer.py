@@ -68,9 +68,10 @@ VERSION = 1
 HEADER_SIZE = 48
 MAX_PAYLOAD = 64 << 20
 
-HELLO, WRITE, TRIM, WRITE_ZEROES, FLUSH, RECEIVED, WRITTEN, ERROR, KEEPALIVE, READ, READ_REPLY = range(1, 12)
+(HELLO, WRITE, TRIM, WRITE_ZEROES, FLUSH, RECEIVED, WRITTEN, ERROR, KEEPALIVE, READ, READ_REPLY,
+ SYNC_DONE) = range(1, 13)
 TYPE_NAMES = {1: "HELLO", 2: "WRITE", 3: "TRIM", 4: "WRITE_ZEROES", 5: "FLUSH", 6: "RECEIVED",
-              7: "WRITTEN", 8: "ERROR", 9: "KEEPALIVE", 10: "READ", 11: "READ_REPLY"}
+              7: "WRITTEN", 8: "ERROR", 9: "KEEPALIVE", 10: "READ", 11: "READ_REPLY", 12: "SYNC_DONE"}
 
 F_LZ4 = 0x01
 F_HOLE = 0x02
@@ -648,7 +649,9 @@ def secondary_bad_read_reply(args):
         h, p = f
         if h["flags"] & F_WANT_RECEIVED:
             link.send(header(RECEIVED, 0, h["seq"]))
-        if h["type"] in (WRITE, TRIM, WRITE_ZEROES, FLUSH):
+        # Writes and the end of the daemon's full sync to this fresh fake
+        # are acknowledged, so the sync completes and reads may go remote.
+        if h["type"] in (WRITE, TRIM, WRITE_ZEROES, FLUSH, SYNC_DONE):
             link.send(header(WRITTEN, 0, h["seq"]))
         elif h["type"] == READ:
             reads.append({"seq": h["seq"], "offset": h["offset"], "length": h["length"]})

@@ -93,7 +93,9 @@ _run_cleanup() {
     _cleanup_step "${_CLEANUP[$i]}"
   done
   _CLEANUP=()
-  if [ -n "${T:-}" ] && [ -d "$T" ]; then
+  if [ "$rc" -ne 0 ] && [ -n "${HASTNBD_KEEP_TMP:-}" ] && [ -d "${T:-}" ]; then
+    echo "HASTNBD_KEEP_TMP: kept $T" >&2
+  elif [ -n "${T:-}" ] && [ -d "$T" ]; then
     # Never rm -rf through a mount that survived its undo step: that would
     # delete the contents of whatever is mounted there.
     if findmnt -rn -o TARGET | grep -q "^$T/"; then

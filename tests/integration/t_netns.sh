@@ -4,7 +4,8 @@
 # link shaped to 1 Gbit/s by tbf), then the primary's link pulled down in
 # the middle of a verified fio run: the primary notices within the timeout,
 # every client request completes, the extents written meanwhile stay dirty;
-# link up again: the primary reconnects by itself and replicates.
+# link up again: the primary reconnects by itself, catches up only what
+# was written meanwhile and replicates; the disks end byte-identical.
 # The control and NBD sockets are Unix sockets on the shared file system, so
 # hastnbd-ctl, qemu-io and fio run from the root namespace.
 source "$(dirname "$0")/lib.sh"
@@ -122,9 +123,21 @@ if ! wait_peer_state "$conf" a connected 20; then
   die "the primary did not reconnect within 20 s of the link coming back"
 fi
 log "link up: reconnected after $(($(date +%s%3N) - t0)) ms"
-d2="$(status_field "$conf" a '["dirty"]["extents"]')"
-[ "$d2" -ge "$dirty" ] || die "dirty extents went from $dirty to $d2 without a sync"
+# The reconnect catches up: only what was written while the link was down.
+if ! wait_in_sync "$conf" a 60; then
+  show_log "$(daemon_log a)"
+  die "the catch-up sync did not finish within 60 s of the reconnect"
+fi
+ext="$(status_field "$conf" a '["dirty"]["extent_size"]')"
+planned="$(status_field "$conf" a '["sync"]["total_bytes"]')"
+[ "$planned" -gt 0 ] || die "the reconnect planned no synchronisation after degraded writes"
+# The union of both maps: the primary's dirty extents and at most the
+# secondary's keepdirty ones.
+[ "$planned" -le $(((dirty + KEEPDIRTY) * ext)) ] || die "catch-up planned $planned bytes for $dirty dirty extents of $ext"
+log "link up: caught up $planned bytes ($dirty dirty extents)"
 replicated_region after-linkup $((192 * MIB))
+wait_in_sync "$conf" a 30 || die "not in sync after the last writes"
+cmp "$dir/disk-a.img" "$dir/disk-b.img" || die "the disks differ after the catch-up"
 
 stop_daemon "$pid_a"
 stop_daemon "$pid_b"

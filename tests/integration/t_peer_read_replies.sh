@@ -53,6 +53,10 @@ variant() {
   PID_A=$DAEMON_PID
   make_primary "$conf" a data
   wait_peer_state "$conf" a connected 15 || { show_log "$log_a"; die "$v: primary did not connect to the fake"; }
+  # The fake is fresh: the primary full-syncs to it first (the fake acks
+  # every copy). Until an extent is synchronised the secondary's copy of it
+  # is not the data, and the primary rightly never reads it there.
+  wait_in_sync "$conf" a 30 || { show_log "$log_a"; die "$v: the full sync to the fake did not finish"; }
   touch "$T/trigger"  # every local read fails from now on
   READ_RC=0
   with_timeout 30 qemu-io -f raw -c "read -v $MIB 131072" "$(nbd_uri "$(nbd_socket "$conf" a data)" data)" \
