@@ -724,6 +724,37 @@ wait_in_sync() {
   wait_for "$3" "node $2 in sync" _in_sync "$1" "$2"
 }
 
+# netns_pair TAG NET: two network namespaces joined by a veth pair, as two
+# machines would be: NS_A/NS_B ("hnbd-TAGa-$$"), VETH_A/VETH_B, addresses
+# IP_A/IP_B in 10.NET.x.0/24, both links up. Removed on exit (daemons started
+# later are killed first: the cleanup stack runs in reverse).
+netns_pair() {
+  local tag="$1" net="$2" x=$(($$ % 250 + 1))
+  NS_A="hnbd-${tag}a-$$"
+  NS_B="hnbd-${tag}b-$$"
+  VETH_A="hnbd${tag}a$$"
+  VETH_B="hnbd${tag}b$$"
+  IP_A="10.$net.$x.1"
+  IP_B="10.$net.$x.2"
+  [ "${#VETH_A}" -le 15 ] || die "veth name $VETH_A too long"
+  on_exit "ip netns del $NS_A 2>/dev/null; ip netns del $NS_B 2>/dev/null; ip link del $VETH_A 2>/dev/null; true"
+  ip netns add "$NS_A" || die "ip netns add $NS_A failed"
+  ip netns add "$NS_B" || die "ip netns add $NS_B failed"
+  ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B" \
+    || die "creating veth pair $VETH_A/$VETH_B failed"
+  ip -n "$NS_A" addr add "$IP_A/24" dev "$VETH_A"
+  ip -n "$NS_B" addr add "$IP_B/24" dev "$VETH_B"
+  ip -n "$NS_A" link set lo up
+  ip -n "$NS_B" link set lo up
+  ip -n "$NS_A" link set "$VETH_A" up
+  ip -n "$NS_B" link set "$VETH_B" up
+  wait_for 10 "veth link up" _veth_pair_up || die "veth pair $VETH_A/$VETH_B did not come up"
+}
+
+_veth_pair_up() {
+  ip -n "$NS_A" link show "$VETH_A" | grep -q "LOWER_UP" && ip -n "$NS_B" link show "$VETH_B" | grep -q "LOWER_UP"
+}
+
 # start_daemon_ns NETNS CONF NODE RES: start_daemon, inside a network
 # namespace (`ip netns exec` execs, so the pid is the daemon's own).
 start_daemon_ns() {

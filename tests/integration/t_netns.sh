@@ -16,32 +16,7 @@ KEEPDIRTY=8
 TIMEOUT=3
 MIB=1048576
 
-ns_a="hnbd-a-$$"
-ns_b="hnbd-b-$$"
-veth_a="hnbdva$$"
-veth_b="hnbdvb$$"
-x=$(($$ % 250 + 1))
-ip_a="10.231.$x.1"
-ip_b="10.231.$x.2"
-[ "${#veth_a}" -le 15 ] || die "veth name $veth_a too long"
-
-# Undo in reverse: daemons are killed by their own on_exit entries, pushed
-# later, so they die before the namespaces go.
-on_exit "ip netns del $ns_a 2>/dev/null; ip netns del $ns_b 2>/dev/null; ip link del $veth_a 2>/dev/null; true"
-ip netns add "$ns_a" || die "ip netns add $ns_a failed"
-ip netns add "$ns_b" || die "ip netns add $ns_b failed"
-ip link add "$veth_a" type veth peer name "$veth_b" || die "creating veth pair failed"
-ip link set "$veth_a" netns "$ns_a"
-ip link set "$veth_b" netns "$ns_b"
-ip -n "$ns_a" addr add "$ip_a/24" dev "$veth_a"
-ip -n "$ns_b" addr add "$ip_b/24" dev "$veth_b"
-for n in "$ns_a" "$ns_b"; do ip -n "$n" link set lo up; done
-ip -n "$ns_a" link set "$veth_a" up
-ip -n "$ns_b" link set "$veth_b" up
-_veth_up() {
-  ip -n "$ns_a" link show "$veth_a" | grep -q "LOWER_UP" && ip -n "$ns_b" link show "$veth_b" | grep -q "LOWER_UP"
-}
-wait_for 10 "veth link up" _veth_up || die "veth pair $veth_a/$veth_b did not come up"
+netns_pair n 231
 
 dir="$T/pair"
 mkdir -p "$dir"
@@ -49,19 +24,19 @@ conf="$dir/hastnbd.yaml"
 # Ports only matter inside our own namespaces; random anyway, as elsewhere.
 pa=$((20000 + RANDOM % 39999))
 pb=$((pa + 1))
-PAIR_KEEPDIRTY=$KEEPDIRTY PAIR_TIMEOUT=$TIMEOUT write_pair_config "$conf" "$ip_a:$pa" "$ip_b:$pb"
+PAIR_KEEPDIRTY=$KEEPDIRTY PAIR_TIMEOUT=$TIMEOUT write_pair_config "$conf" "$IP_A:$pa" "$IP_B:$pb"
 create_resource "$conf" a data >/dev/null
 create_resource "$conf" b data >/dev/null
-start_daemon_ns "$ns_b" "$conf" b data
+start_daemon_ns "$NS_B" "$conf" b data
 pid_b=$DAEMON_PID
-start_daemon_ns "$ns_a" "$conf" a data
+start_daemon_ns "$NS_A" "$conf" a data
 pid_a=$DAEMON_PID
 hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary failed"
 make_primary "$conf" a data
 wait_peer_state "$conf" a connected 10 || { show_log "$(daemon_log a)"; die "no link over the veth within 10 s"; }
 # The link really is the veth: the secondary sees the primary's veth address.
 sock="$(nbd_socket "$conf" a data)"
-grep -q "primary a connected from $ip_a:" "$(daemon_log b)" || die "the secondary did not see a connection from $ip_a"
+grep -q "primary a connected from $IP_A:" "$(daemon_log b)" || die "the secondary did not see a connection from $IP_A"
 
 _inflight_zero() {
   [ "$(status_field "$conf" a '["peer"]["inflight_bytes"]')" = 0 ]
@@ -85,13 +60,13 @@ replicated_region veth 0
 [ "$(status_field "$conf" a '["peer"]["records_sent"]')" -gt 0 ] || die "records_sent is 0"
 
 # 1 Gbit/s, both directions.
-for pair in "$ns_a $veth_a" "$ns_b $veth_b"; do
+for pair in "$NS_A $VETH_A" "$NS_B $VETH_B"; do
   read -r n v <<<"$pair"
   ip netns exec "$n" tc qdisc add dev "$v" root tbf rate 1gbit burst 256kb latency 50ms \
     || die "tc tbf on $v failed"
 done
 replicated_region tbf $((64 * MIB))
-ip netns exec "$ns_a" tc -s qdisc show dev "$veth_a" | grep -q "tbf" || die "tbf qdisc missing"
+ip netns exec "$NS_A" tc -s qdisc show dev "$VETH_A" | grep -q "tbf" || die "tbf qdisc missing"
 
 # Pull the primary's link down in the middle of a verified fio run.
 deg0="$(status_field "$conf" a '["writes"]["degraded"]')"
@@ -100,7 +75,7 @@ sleep 1.5
 kill -0 "$FIO_PID" 2>/dev/null || die "fio finished before the link went down"
 _peer_state_is "$conf" a connected || die "link not up before the cut"
 t0=$(date +%s%3N)
-ip netns exec "$ns_a" ip link set "$veth_a" down
+ip netns exec "$NS_A" ip link set "$VETH_A" down
 if ! wait_peer_state_not "$conf" a connected $((TIMEOUT + 3)); then
   show_log "$(daemon_log a)"
   die "the primary still shows the peer connected $((TIMEOUT + 3)) s after its link went down"
@@ -115,7 +90,7 @@ dirty="$(status_field "$conf" a '["dirty"]["extents"]')"
 [ "$(status_field "$conf" a '["metadata"]["localcnt"]')" = 1 ] || die "localcnt not 1 after the degraded period"
 kill -0 "$pid_a" && kill -0 "$pid_b" || die "a daemon died with the link down"
 
-ip netns exec "$ns_a" ip link set "$veth_a" up
+ip netns exec "$NS_A" ip link set "$VETH_A" up
 t0=$(date +%s%3N)
 if ! wait_peer_state "$conf" a connected 20; then
   show_log "$(daemon_log a)"

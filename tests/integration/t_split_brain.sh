@@ -18,39 +18,14 @@ TIMEOUT=3
 MIB=1048576
 DISK_SIZE=64M
 
-ns_a="hnbd-sa-$$"
-ns_b="hnbd-sb-$$"
-veth_a="hnbdsa$$"
-veth_b="hnbdsb$$"
-x=$(($$ % 250 + 1))
-ip_a="10.232.$x.1"
-ip_b="10.232.$x.2"
-[ "${#veth_a}" -le 15 ] || die "veth name $veth_a too long"
-
-# Undo in reverse: the daemons are killed by their own on_exit entries,
-# pushed later, so they die before the namespaces go.
-on_exit "ip netns del $ns_a 2>/dev/null; ip netns del $ns_b 2>/dev/null; ip link del $veth_a 2>/dev/null; true"
-ip netns add "$ns_a" || die "ip netns add $ns_a failed"
-ip netns add "$ns_b" || die "ip netns add $ns_b failed"
-ip link add "$veth_a" type veth peer name "$veth_b" || die "creating veth pair failed"
-ip link set "$veth_a" netns "$ns_a"
-ip link set "$veth_b" netns "$ns_b"
-ip -n "$ns_a" addr add "$ip_a/24" dev "$veth_a"
-ip -n "$ns_b" addr add "$ip_b/24" dev "$veth_b"
-for n in "$ns_a" "$ns_b"; do ip -n "$n" link set lo up; done
-ip -n "$ns_a" link set "$veth_a" up
-ip -n "$ns_b" link set "$veth_b" up
-_veth_up() {
-  ip -n "$ns_a" link show "$veth_a" | grep -q "LOWER_UP" && ip -n "$ns_b" link show "$veth_b" | grep -q "LOWER_UP"
-}
-wait_for 10 "veth link up" _veth_up || die "veth pair $veth_a/$veth_b did not come up"
+netns_pair s 232
 
 dir="$T/pair"
 mkdir -p "$dir"
 conf="$dir/hastnbd.yaml"
 pa=$((20000 + RANDOM % 39999))
 pb=$((pa + 1))
-PAIR_DISK_SIZE=$DISK_SIZE PAIR_TIMEOUT=$TIMEOUT write_pair_config "$conf" "$ip_a:$pa" "$ip_b:$pb"
+PAIR_DISK_SIZE=$DISK_SIZE PAIR_TIMEOUT=$TIMEOUT write_pair_config "$conf" "$IP_A:$pa" "$IP_B:$pb"
 
 # One hook program per node (the `exec` key in the node's own section), each
 # appending its arguments as one line to its own file.
@@ -79,9 +54,9 @@ field() {
 
 create_resource "$conf" a data >/dev/null
 create_resource "$conf" b data >/dev/null
-start_daemon_ns "$ns_b" "$conf" b data
+start_daemon_ns "$NS_B" "$conf" b data
 pid_b=$DAEMON_PID
-start_daemon_ns "$ns_a" "$conf" a data
+start_daemon_ns "$NS_A" "$conf" a data
 pid_a=$DAEMON_PID
 hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on b failed"
 make_primary "$conf" a data
@@ -99,7 +74,7 @@ wait_in_sync "$conf" a 10 || { show_logs; die "a not in sync after a replicated 
 log "pair in sync over the veth, 4 MiB of 0x11 replicated"
 
 # Cut the link on b's side: each side notices within the timeout.
-ip -n "$ns_b" link set dev "$veth_b" down
+ip -n "$NS_B" link set dev "$VETH_B" down
 wait_peer_state_not "$conf" a connected $((TIMEOUT + 4)) || { show_logs; die "a still connected after the cut"; }
 wait_peer_state_not "$conf" b connected $((TIMEOUT + 4)) || { show_logs; die "b still connected after the cut"; }
 log "link cut: a sees $(field a '["peer"]["state"]'), b sees $(field b '["peer"]["state"]')"
@@ -122,8 +97,8 @@ log "a wrote 0xaa at 0+1M, b wrote 0xbb at 1M+1M, each alone (localcnt 1 on both
 # Link up: both must detect the split-brain within 20 s.
 lines_a="$(wc -l <"$(daemon_log a)")"
 lines_b="$(wc -l <"$(daemon_log b)")"
-ip -n "$ns_b" link set dev "$veth_b" up
-wait_for 10 "veth link up" _veth_up || die "veth pair did not come up again"
+ip -n "$NS_B" link set dev "$VETH_B" up
+wait_for 10 "veth link up" _veth_pair_up || die "veth pair did not come up again"
 t0=$(date +%s)
 for n in a b; do
   if ! wait_peer_state "$conf" "$n" split-brain 20; then
