@@ -115,7 +115,11 @@ awaitable<Status> Primary::modify(uint8_t record_type, uint16_t record_flags, ui
   if (ticket != 0 && config_.metaflush) s = co_await bitmap_durable(ticket);
   std::shared_ptr<Record> rec;
   {
-    auto guard = co_await extent_lock_.lock(offset, offset + length, /*exclusive=*/false);
+    RangeLock::Guard guard;
+    if (extents_locked_)
+      guard = co_await extent_lock_.lock(offset, offset + length, /*exclusive=*/false);
+    else
+      ++unlocked_writers_;
     if (s.ok() && replicator_) {
       uint16_t flags = record_flags | (fua && config_.replication != Replication::kAsync ? peer::kFlagFua : 0);
       rec = co_await replicator_->submit(record_type, flags, offset, uint32_t(length), data);
@@ -123,6 +127,7 @@ awaitable<Status> Primary::modify(uint8_t record_type, uint16_t record_flags, ui
     if (s.ok() && !rec && inconsistent) s = Status::Error(EIO, "the link to the secondary went down");
     if (s.ok() && !rec && !generation_bumped_) s = co_await generation_started();
     if (s.ok()) s = co_await local_op();  // the record is on its way meanwhile
+    if (!guard.held() && --unlocked_writers_ == 0) changed_.notify_all();
   }
   if (s.ok() && fua) s = co_await disk_.flush();
   if (rec) {
@@ -187,6 +192,11 @@ awaitable<Status> Primary::flush() {
   // dirty; the flush itself succeeded locally.
   if (rec) co_await rec->settled.wait();
   co_return s;
+}
+
+awaitable<void> Primary::lock_extents() {
+  extents_locked_ = true;
+  while (unlocked_writers_ > 0) co_await changed_.wait();
 }
 
 awaitable<void> Primary::drain() {

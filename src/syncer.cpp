@@ -246,6 +246,9 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
       if (on_start) on_start(plan.from_peer, total);
     }
   }
+  // Writes that started before the sync are not in the extent locks: the
+  // first copy waits until they are on the local disk and on the wire.
+  if (work) co_await primary_.lock_extents();
   const uint64_t window = std::max<uint64_t>(1, kBytesInFlight / map_.extent_size());
   uint64_t cursor = 0;
   while (s.ok() && current(run_id) && failure_.empty()) {
@@ -301,6 +304,7 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
   } else if (!s.ok()) {
     spdlog::warn("sync: {}", s.message());
   }
+  primary_.unlock_extents();
   running_ = false;
   changed_.notify_all();
 }

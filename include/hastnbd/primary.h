@@ -55,10 +55,15 @@ class Primary : public BlockBackend {
   awaitable<void> drain();
   // Makes every bitmap change up to `ticket` durable (coalesced fdatasync).
   awaitable<Status> bitmap_durable(uint64_t ticket);
-  // Writes hold their range shared from before they are queued to the
-  // secondary until the local write completes; the syncer holds an extent
-  // exclusively while it copies it.
+  // While a sync runs, writes hold their range shared from before they are
+  // queued to the secondary until the local write completes, and the syncer
+  // holds an extent exclusively while it copies it. Without a sync the locks
+  // would only cost time: lock_extents() turns them on (returning once every
+  // write that started without one has left that section), unlock_extents()
+  // off again.
   RangeLock& extent_lock() { return extent_lock_; }
+  awaitable<void> lock_extents();
+  void unlock_extents() { extents_locked_ = false; }
   // While a sync from the secondary is unfinished, says which ranges the
   // local disk holds old data for: their reads go to the secondary, and
   // without a secondary no request can be served correctly (EIO).
@@ -86,6 +91,8 @@ class Primary : public BlockBackend {
   bool generation_bump_running_ = false;
   AsyncCondition changed_;
   RangeLock extent_lock_;
+  bool extents_locked_ = false;
+  uint64_t unlocked_writers_ = 0;  // in the section above without a lock
   std::function<bool(uint64_t, uint64_t)> local_stale_;
   PrimaryStats stats_;
 };

@@ -40,6 +40,7 @@ class RangeLock {
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;
     ~Guard() { release(); }
+    bool held() const { return lock_ != nullptr; }
     void release() {
       if (lock_) lock_->release(it_);
       lock_ = nullptr;
