@@ -129,7 +129,7 @@ Status LocalDisk::io_error(const char* what, uint64_t offset, uint64_t length, i
 
 awaitable<Status> LocalDisk::read_aligned(uint64_t offset, uint8_t* dst, size_t length) {
   HandleLease lease(pick_handle());
-  auto [ec, n] = co_await asio::async_read_at(lease.file(), offset, asio::buffer(dst, length), use_nothrow);
+  auto [ec, n] = co_await asio::async_read_at(lease.file(), offset, asio::buffer(dst, length), large_transfers, use_nothrow);
   if (ec == asio::error::eof) co_return io_error("short read from", offset, length, EIO);
   if (ec) co_return io_error("read from", offset, length, ec.value());
   co_return Status::Ok();
@@ -137,7 +137,7 @@ awaitable<Status> LocalDisk::read_aligned(uint64_t offset, uint8_t* dst, size_t 
 
 awaitable<Status> LocalDisk::write_aligned(uint64_t offset, const uint8_t* src, size_t length) {
   HandleLease lease(pick_handle());
-  auto [ec, n] = co_await asio::async_write_at(lease.file(), offset, asio::buffer(src, length), use_nothrow);
+  auto [ec, n] = co_await asio::async_write_at(lease.file(), offset, asio::buffer(src, length), large_transfers, use_nothrow);
   if (ec) co_return io_error("write to", offset, length, ec.value());
   co_return Status::Ok();
 }

@@ -95,7 +95,7 @@ awaitable<bool> NbdServer::Connection::read_exact(uint8_t* dst, size_t n) {
   if (n == 0) co_return true;
   rhead_ = rtail_ = 0;
   if (n >= kDirectReadThreshold) {
-    auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(dst, n), use_nothrow);
+    auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(dst, n), large_transfers, use_nothrow);
     co_return !ec;
   }
   while (n > 0) {
@@ -123,7 +123,7 @@ awaitable<bool> NbdServer::Connection::drain(uint64_t n) {
 }
 
 awaitable<bool> NbdServer::Connection::send(std::span<const uint8_t> bytes) {
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), use_nothrow);
+  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), large_transfers, use_nothrow);
   co_return !ec;
 }
 
@@ -383,7 +383,7 @@ awaitable<void> NbdServer::Connection::writer() {
       bufs.emplace_back(replies_[i].header.data(), replies_[i].header.size());
       if (replies_[i].data) bufs.emplace_back(replies_[i].data.data(), replies_[i].data.size());
     }
-    auto [ec, written] = co_await asio::async_write(socket_, bufs, use_nothrow);
+    auto [ec, written] = co_await asio::async_write(socket_, bufs, large_transfers, use_nothrow);
     if (ec) {
       write_failed_ = true;
       end_reason_ = "connection lost while sending replies: " + ec.message();

@@ -5,11 +5,6 @@
 namespace hastnbd {
 
 namespace {
-// Asio's transfer_all caps each send/recv call at 64 KiB: a 4 MiB resync
-// record would take 64 system calls and as many wake-ups. Let each call move
-// as much as the socket takes.
-std::size_t large_transfers(const error_code& ec, std::size_t) { return ec ? 0 : std::size_t(16) << 20; }
-
 constexpr size_t kMaxGather = 64;
 }  // namespace
 
