@@ -474,6 +474,12 @@ Address address_of(const Item& it) {
   return *r;
 }
 
+Address source_of(const Item& it) {
+  Result<Address> r = parse_source_address(scalar_of(it));
+  if (!r.ok()) fail(it, r.status().message());
+  return *r;
+}
+
 // ---------------------------------------------------------------------------
 // Settings and the cascade
 
@@ -487,7 +493,7 @@ struct Origin {
 // are applied on top of each other.
 struct Cascade {
   ResourceConfig cfg;
-  Origin listen, nbd_listen, local, meta, nbd_socket;
+  Origin listen, nbd_listen, local, meta, nbd_socket, pidfile;
 };
 
 Origin origin_of(const Item& it) { return {it.key, it.line}; }
@@ -557,6 +563,12 @@ const Key kSettingKeys[] = {
        c.listen = origin_of(it);
      }},
     {"remote", [](const Item& it, Cascade& c) { c.cfg.remote = address_of(it); }},
+    {"source", [](const Item& it, Cascade& c) { c.cfg.source = source_of(it); }},
+    {"pidfile",
+     [](const Item& it, Cascade& c) {
+       c.cfg.pidfile = path_of(it);
+       c.pidfile = origin_of(it);
+     }},
     {"meta",
      [](const Item& it, Cascade& c) {
        c.cfg.meta = path_of(it);
@@ -676,15 +688,17 @@ void check_ports(const ParsedFile& f, std::string_view file) {
   }
 }
 
-// Two resources of one node on the same disk, metadata file or socket would
-// destroy each other's data or fail to start; catch it before either runs.
+// Two resources of one node on the same disk, metadata file, socket or pid
+// file would destroy each other's data or fail to start; catch it before
+// either runs.
 void check_paths(const ParsedFile& f, std::string_view file) {
   std::map<std::pair<std::string, std::string>, Use> seen;
   for (const ResourceEntry& r : f.resources) {
     for (const NodeEntry& n : r.node_list) {
       const ResourceConfig& cfg = n.c.cfg;
       for (auto [path, from] : {std::pair{&cfg.local, &n.c.local}, std::pair{&cfg.meta, &n.c.meta},
-                                std::pair{&cfg.nbd.socket, &n.c.nbd_socket}}) {
+                                std::pair{&cfg.nbd.socket, &n.c.nbd_socket}, std::pair{&cfg.pidfile, &n.c.pidfile}}) {
+        if (path->empty()) continue;  // no pidfile
         Use me{*from, r.name, *path};
         auto [other, fresh] = seen.emplace(std::pair{n.name, *path}, me);
         if (!fresh) {
@@ -842,6 +856,89 @@ Result<Address> parse_address(std::string_view text) {
   std::optional<uint16_t> p = parse_port(port);
   if (!p) return bad("needs a port from 1 to 65535");
   return Address{std::string(host), *p};
+}
+
+Result<Address> parse_source_address(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    return Status::Error(EINVAL, quote(text) + " " + why +
+                                     " (examples: 192.0.2.1, 192.0.2.1:0, [2001:db8::1], [2001:db8::1]:9000)");
+  };
+  std::string_view host = text, port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos) return bad("has no closing ']'");
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') return bad("has something other than :PORT after ']'");
+      port = text.substr(close + 2);
+    }
+    if (!is_ipv6_literal(host)) return bad("has no IPv6 address inside [ ]");
+  } else if (is_ipv6_literal(text)) {
+    host = text;
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon != std::string_view::npos) {
+      host = text.substr(0, colon);
+      port = text.substr(colon + 1);
+    }
+    if (!is_ipv4_literal(host)) return bad("is not an IP address");
+  }
+  uint16_t p = 0;
+  if (!port.empty() && port != "0") {
+    std::optional<uint16_t> parsed = parse_port(port);
+    if (!parsed) return bad("needs a port from 0 to 65535");
+    p = *parsed;
+  }
+  return Address{std::string(host), p};
+}
+
+namespace {
+std::string opt_address(const std::optional<Address>& a) { return a ? a->to_string() : "(none)"; }
+}  // namespace
+
+ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
+  ReloadDiff d;
+  auto note = [&](bool ok, const char* key, const std::string& from, const std::string& to) {
+    if (from == to) return false;
+    std::string line = std::string(key) + ": " + from + " -> " + to;
+    (ok ? d.applied : d.refused).push_back(std::move(line));
+    return ok;
+  };
+  auto text = [](const std::string& s) { return s.empty() ? std::string("(none)") : s; };
+  // Changed in place.
+  if (note(true, "timeout", std::to_string(cur.timeout), std::to_string(next.timeout))) cur.timeout = next.timeout;
+  if (note(true, "exec", text(cur.exec), text(next.exec))) cur.exec = next.exec;
+  if (note(true, "sync_rate", std::to_string(cur.sync_rate), std::to_string(next.sync_rate)))
+    cur.sync_rate = next.sync_rate;
+  if (note(true, "compression", to_string(cur.compression), to_string(next.compression)))
+    cur.compression = next.compression;
+  if (note(true, "checksum", to_string(cur.checksum), to_string(next.checksum))) cur.checksum = next.checksum;
+  if (note(true, "max_inflight", std::to_string(cur.max_inflight), std::to_string(next.max_inflight)))
+    cur.max_inflight = next.max_inflight;
+  if (note(true, "source", opt_address(cur.source), opt_address(next.source))) cur.source = next.source;
+  // A new address for the same peer; adding or removing the peer is a
+  // different resource layout.
+  if (note(bool(cur.remote) == bool(next.remote), "remote", opt_address(cur.remote), opt_address(next.remote)))
+    cur.remote = next.remote;
+  // Needs a restart.
+  note(false, "replication", to_string(cur.replication), to_string(next.replication));
+  note(false, "peer node", text(cur.peer_node), text(next.peer_node));
+  note(false, "local", cur.local, next.local);
+  note(false, "meta", cur.meta, next.meta);
+  note(false, "size", cur.size ? std::to_string(*cur.size) : "(device)", next.size ? std::to_string(*next.size) : "(device)");
+  note(false, "extent_size", std::to_string(cur.extent_size), std::to_string(next.extent_size));
+  note(false, "keepdirty", std::to_string(cur.keepdirty), std::to_string(next.keepdirty));
+  note(false, "metaflush", cur.metaflush ? "true" : "false", next.metaflush ? "true" : "false");
+  note(false, "listen", opt_address(cur.listen), opt_address(next.listen));
+  note(false, "run_dir", cur.run_dir, next.run_dir);
+  note(false, "state_dir", cur.state_dir, next.state_dir);
+  note(false, "pidfile", text(cur.pidfile), text(next.pidfile));
+  if (cur.psk != next.psk) d.refused.push_back("psk: changed (values not shown)");
+  note(false, "nbd.socket", cur.nbd.socket, next.nbd.socket);
+  note(false, "nbd.listen", opt_address(cur.nbd.listen), opt_address(next.nbd.listen));
+  note(false, "nbd.device", text(cur.nbd.device), text(next.nbd.device));
+  note(false, "nbd.connections", std::to_string(cur.nbd.connections), std::to_string(next.nbd.connections));
+  return d;
 }
 
 Result<uint64_t> parse_size(std::string_view text) {

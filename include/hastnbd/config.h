@@ -38,6 +38,10 @@ struct Address {
   bool operator==(const Address&) const = default;
 };
 Result<Address> parse_address(std::string_view text);
+// The local address of the connection to the peer (`source`): an IPv4 or
+// IPv6 literal, optionally with a port ("192.0.2.1", "[2001:db8::1]:0"); port
+// 0 = any.
+Result<Address> parse_source_address(std::string_view text);
 
 // "4096", "512B", "64KiB", "2MiB", "1GiB", "1TiB" (also K/M/G/T and KB/MB/GB/TB
 // meaning powers of 1024; "k" suffixes case-insensitive). Rejects overflow,
@@ -68,19 +72,33 @@ struct ResourceConfig {
   unsigned keepdirty = 64;            // 0..1000000
   bool metaflush = true;
   uint64_t sync_rate = 0;             // bytes/s, 0 = unlimited
-  uint64_t max_inflight = 64 << 20;   // async-mode queue bound, bytes, >= 1MiB
+  uint64_t max_inflight = 64 << 20;   // unacked bytes to the peer (every mode, sync too); >= 1MiB
   std::optional<uint64_t> size;       // exported size; default: whole local device
   std::string psk;                    // optional pre-shared key (later issue)
 
   std::string local;                  // backing device or file (required)
   std::optional<Address> listen;      // peer listen address of this node
   std::optional<Address> remote;      // the peer's address
+  std::optional<Address> source;      // local address the primary connects from (port 0 = any)
+  std::string pidfile;                // optional pid file, locked while the daemon runs
   std::string meta;                   // metadata file; default STATE_DIR/RESOURCE.meta
 
   NbdConfig nbd;
 
   std::string control_path() const { return run_dir + "/" + name + ".ctl"; }
 };
+
+// SIGHUP: what a running daemon takes from a newly loaded configuration.
+// timeout, exec, sync_rate, remote (a new address for the peer), source,
+// compression, checksum and max_inflight change in place; everything else
+// (devices, paths, sizes, listen addresses, replication mode, keepdirty,
+// metaflush, the peer's name, a remote added or removed, ...) needs a restart
+// and is left as it runs. Each entry reads "key: old -> new".
+struct ReloadDiff {
+  std::vector<std::string> applied;
+  std::vector<std::string> refused;
+};
+ReloadDiff apply_reload(ResourceConfig& running, const ResourceConfig& next);
 
 // The node name used when --node is not given: the short hostname.
 std::string default_node_name();

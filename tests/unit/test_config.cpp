@@ -914,3 +914,100 @@ TEST_CASE("the peer node is the other section; more than two nodes are refused",
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.status().message(), Catch::Contains("t.yaml:3: resources.data.nodes: has 3 nodes"));
 }
+
+TEST_CASE("config: source and pidfile", "[config]") {
+  auto c = parse_ok(with_resource_line("source: 192.0.2.7"));
+  REQUIRE(c.source);
+  CHECK(c.source->host == "192.0.2.7");
+  CHECK(c.source->port == 0);
+  CHECK_FALSE(parse_ok(kMinimal).source);
+  CHECK(parse_ok(kMinimal).pidfile.empty());
+  CHECK(parse_ok(with_resource_line("pidfile: /run/hastnbd/data.pid")).pidfile == "/run/hastnbd/data.pid");
+
+  struct Case {
+    const char* text;
+    const char* host;
+    uint16_t port;
+  };
+  for (const Case& k : {Case{"192.0.2.1", "192.0.2.1", 0}, Case{"192.0.2.1:0", "192.0.2.1", 0},
+                        Case{"192.0.2.1:9000", "192.0.2.1", 9000}, Case{"2001:db8::1", "2001:db8::1", 0},
+                        Case{"[2001:db8::1]", "2001:db8::1", 0}, Case{"[::1]:9000", "::1", 9000}}) {
+    INFO(k.text);
+    auto r = parse_source_address(k.text);
+    REQUIRE(r.ok());
+    CHECK(r->host == k.host);
+    CHECK(r->port == k.port);
+  }
+  for (const char* bad : {"", "host.example", "host.example:9000", "192.0.2.1:x", "192.0.2.1:70000", "[::1",
+                          "[::1]x", "[192.0.2.1]"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_source_address(bad).ok());
+  }
+  CHECK(error_of(with_resource_line("source: peer.example"))
+            .starts_with("t.yaml:3: resources.data.source: 'peer.example' is not an IP address"));
+  CHECK(error_of("defaults: {pidfile: /run/hastnbd.pid}\nresources:\n  data: {nodes: {a: {local: /dev/vdb}}}\n"
+                 "  logs: {nodes: {a: {local: /dev/vdc}}}\n")
+            .starts_with("t.yaml:1: defaults.pidfile: '/run/hastnbd.pid' is also used by defaults.pidfile (line 1, "
+                         "resource data)"));
+  CHECK(error_of(with_resource_line("pidfile: data.pid"))
+            .starts_with("t.yaml:3: resources.data.pidfile: 'data.pid' is not an absolute path"));
+}
+
+TEST_CASE("config: what a reload changes and what it refuses", "[config]") {
+  const std::string base = R"(resources:
+  data:
+    timeout: 20
+    sync_rate: 0
+    nodes:
+      a: {local: /dev/vdb, listen: "127.0.0.1:7001", remote: "127.0.0.1:7002"}
+      b: {local: /dev/vdc, listen: "127.0.0.1:7002", remote: "127.0.0.1:7001"}
+)";
+  ResourceConfig running = parse_ok(base);
+
+  SECTION("nothing changed") {
+    ReloadDiff d = apply_reload(running, parse_ok(base));
+    CHECK(d.applied.empty());
+    CHECK(d.refused.empty());
+  }
+  SECTION("the reloadable keys change in place") {
+    std::string next = base;
+    next.replace(next.find("timeout: 20"), 11, "timeout: 5");
+    next.replace(next.find("sync_rate: 0"), 12, "sync_rate: 8MiB\n    exec: /usr/local/sbin/hook\n"
+                                                   "    compression: none\n    source: 127.0.0.3");
+    next.replace(next.find("remote: \"127.0.0.1:7002\""), 24, "remote: \"127.0.0.2:7002\"");
+    ReloadDiff d = apply_reload(running, parse_ok(next));
+    CHECK(d.refused.empty());
+    CHECK(d.applied == std::vector<std::string>{"timeout: 20 -> 5", "exec: (none) -> /usr/local/sbin/hook",
+                                                "sync_rate: 0 -> 8388608", "compression: lz4 -> none",
+                                                "source: (none) -> 127.0.0.3:0",
+                                                "remote: 127.0.0.1:7002 -> 127.0.0.2:7002"});
+    CHECK(running.timeout == 5);
+    CHECK(running.sync_rate == 8u << 20);
+    CHECK(running.exec == "/usr/local/sbin/hook");
+    CHECK(running.compression == Compression::kNone);
+    CHECK(running.remote->host == "127.0.0.2");
+    CHECK(running.source->host == "127.0.0.3");
+  }
+  SECTION("the rest is refused and left as it runs") {
+    std::string next = base;
+    next.replace(next.find("timeout: 20"), 11, "replication: async\n    extent_size: 1MiB\n    keepdirty: 8");
+    next.replace(next.find("local: /dev/vdb"), 15, "local: /dev/vdx");
+    next.replace(next.find("listen: \"127.0.0.1:7001\""), 24, "listen: \"127.0.0.1:7009\"");
+    ReloadDiff d = apply_reload(running, parse_ok(next));
+    CHECK(d.applied.empty());  // the timeout line went, and its default is the same 20
+    CHECK(d.refused == std::vector<std::string>{"replication: fullsync -> async", "local: /dev/vdb -> /dev/vdx",
+                                                "extent_size: 2097152 -> 1048576", "keepdirty: 64 -> 8",
+                                                "listen: 127.0.0.1:7001 -> 127.0.0.1:7009"});
+    CHECK(running.replication == Replication::kFullsync);
+    CHECK(running.local == "/dev/vdb");
+    CHECK(running.extent_size == 2u << 20);
+    CHECK(running.listen->port == 7001);
+  }
+  SECTION("adding or removing the peer needs a restart") {
+    std::string next = base;
+    next.replace(next.find(", remote: \"127.0.0.1:7002\""), 26, "");
+    ReloadDiff d = apply_reload(running, parse_ok(next));
+    CHECK(d.refused == std::vector<std::string>{"remote: 127.0.0.1:7002 -> (none)"});
+    CHECK(running.remote->port == 7002);
+  }
+}
