@@ -3,6 +3,7 @@
 //   role init|secondary|primary RESOURCE  change the running daemon's role
 //   status [--json] [--watch] [RESOURCE]  role, peer, sync progress, dirty extents, NBD clients
 //   discard-my-data RESOURCE    make this node's data fresh: the next connect copies all from the primary
+//   reload RESOURCE             the running daemon re-reads the configuration (as SIGHUP)
 //   list                        every configured resource and its state
 //   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
 // Exit codes: 0 done, 1 the operation failed, 2 usage or configuration
@@ -43,6 +44,7 @@ const char* kUsage =
     "                               redraw the status every S seconds (default 1)\n"
     "  discard-my-data RESOURCE     split-brain victim: forget this node's data; the next\n"
     "                               connect synchronises everything from the primary\n"
+    "  reload RESOURCE              the daemon re-reads the configuration file (as on SIGHUP)\n"
     "  list                         configured resources and whether they run\n"
     "  dump [--json] RESOURCE       metadata header and dirty extents\n";
 
@@ -248,6 +250,24 @@ int cmd_status(const Ctx& c, const std::vector<std::string>& resources) {
   }
 }
 
+int cmd_reload(const Ctx& c, const std::string& resource) {
+  // Parsed here first: an error is shown to whoever edited the file.
+  auto cfg = config_for(c, resource);
+  if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+  auto reply = control_call(cfg->control_path(), json{{"cmd", "reload"}}, kControlTimeoutMs);
+  if (!reply.ok() && not_running(reply.status()))
+    return std::cerr << "hastnbd-ctl: " << resource << ": not running\n", kExitNotRunning;
+  if (!reply.ok()) return fail(reply.status());
+  if (!(*reply)["ok"].get<bool>()) return fail(Status::Error(EIO, (*reply)["error"].get<std::string>()));
+  const json& applied = (*reply)["applied"];
+  const json& refused = (*reply)["refused"];
+  if (applied.empty() && refused.empty()) std::cout << resource << ": reloaded, nothing changed\n";
+  for (const auto& line : applied) std::cout << resource << ": changed " << line.get<std::string>() << "\n";
+  for (const auto& line : refused)
+    std::cout << resource << ": NOT changed (needs a restart) " << line.get<std::string>() << "\n";
+  return 0;
+}
+
 int cmd_discard(const Ctx& c, const std::string& resource) {
   auto cfg = config_for(c, resource);
   if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
@@ -390,6 +410,7 @@ int main(int argc, char** argv) {
   if (command == "list") return want(0) ? cmd_list(c) : kExitUsage;
   if (command == "dump") return want(1) ? cmd_dump(c, args[0]) : kExitUsage;
   if (command == "discard-my-data") return want(1) ? cmd_discard(c, args[0]) : kExitUsage;
+  if (command == "reload") return want(1) ? cmd_reload(c, args[0]) : kExitUsage;
   std::cerr << "hastnbd-ctl: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;
 }

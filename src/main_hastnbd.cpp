@@ -4,11 +4,14 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/program_options.hpp>
+#include <filesystem>
 #include <iostream>
 
 #include "hastnbd/config.h"
 #include "hastnbd/logging.h"
+#include "hastnbd/pidfile.h"
 #include "hastnbd/resource.h"
+#include "hastnbd/sd_notify.h"
 
 namespace po = boost::program_options;
 using namespace hastnbd;
@@ -50,6 +53,18 @@ int main(int argc, char** argv) {
   setup_logging("hastnbd[" + resource + "/" + config->node + "]", vm.count("verbose") > 0);
   ::signal(SIGPIPE, SIG_IGN);
 
+  std::unique_ptr<PidFile> pidfile;
+  if (!config->pidfile.empty()) {
+    std::error_code dir_ec;  // e.g. /run/hastnbd before systemd's RuntimeDirectory exists
+    std::filesystem::create_directories(std::filesystem::path(config->pidfile).parent_path(), dir_ec);
+    auto p = PidFile::create(config->pidfile);
+    if (!p.ok()) {
+      spdlog::critical("cannot start: {}", p.status().message());
+      return 1;
+    }
+    pidfile = std::move(*p);
+  }
+
   asio::io_context io(1);
   auto res = Resource::open(io, *config);
   if (!res.ok()) {
@@ -65,6 +80,7 @@ int main(int argc, char** argv) {
   stop_signals.async_wait([&](error_code ec, int sig) {
     if (ec) return;
     spdlog::info("signal {}: draining and stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    sd::stopping();
     asio::co_spawn(io, [&]() -> awaitable<void> {
       co_await r.shutdown();
       io.stop();
@@ -73,10 +89,14 @@ int main(int argc, char** argv) {
   asio::signal_set hup(io, SIGHUP);
   std::function<void(error_code, int)> on_hup = [&](error_code ec, int) {
     if (ec) return;
-    spdlog::warn("SIGHUP: configuration reload is not supported yet; nothing changed");
+    spdlog::info("SIGHUP: reloading {}", config->config_path);
+    r.reload();
     hup.async_wait(on_hup);
   };
   hup.async_wait(on_hup);
+  // Ready once the control socket answers: systemd orders `hastnbd-ctl role`
+  // (and a cluster manager's promote) after this.
+  sd::ready("role init");
   io.run();
   return 0;
 }

@@ -187,11 +187,19 @@ awaitable<void> PeerConnection::watchdog() {
 }
 
 awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, const Address& address,
-                                                      std::chrono::seconds timeout) {
+                                                      std::chrono::seconds timeout,
+                                                      const std::optional<Address>& source) {
   asio::ip::tcp::resolver resolver(ex);
   auto [rec, results] = co_await resolver.async_resolve(address.host, std::to_string(address.port), use_nothrow);
   if (rec || results.empty())
     co_return Status::Error(EHOSTUNREACH, "cannot resolve " + address.to_string() + ": " + rec.message());
+  std::optional<asio::ip::tcp::endpoint> from;
+  if (source) {
+    error_code ec;
+    auto ip = asio::ip::make_address(source->host, ec);
+    if (ec) co_return Status::Error(EINVAL, "source address " + source->to_string() + ": " + ec.message());
+    from = asio::ip::tcp::endpoint(ip, source->port);
+  }
   asio::ip::tcp::socket socket(ex);
   asio::steady_timer timer(ex, timeout);
   bool timed_out = false;
@@ -201,9 +209,31 @@ awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, 
     error_code ignored;
     socket.close(ignored);
   });
-  auto [ec, ep] = co_await asio::async_connect(socket, results, use_nothrow);
+  error_code ec = asio::error::address_family_not_supported;
+  for (const auto& entry : results) {
+    const auto& ep = entry.endpoint();
+    if (from && from->protocol() != ep.protocol()) continue;  // a v4 source cannot reach a v6 peer
+    if (timed_out) break;
+    error_code ignored;
+    socket.close(ignored);
+    socket.open(ep.protocol(), ec);
+    if (!ec && from) {
+      // The source port is usually 0 (any); reuse lets a fixed one reconnect.
+      socket.set_option(asio::socket_base::reuse_address(true), ignored);
+      socket.bind(*from, ec);
+      if (ec) {
+        timer.cancel();
+        co_return Status::Error(ec.value(), "bind to source address " + source->to_string() + ": " + ec.message());
+      }
+    }
+    if (!ec) std::tie(ec) = co_await socket.async_connect(ep, use_nothrow);
+    if (!ec) break;
+  }
   timer.cancel();
   if (timed_out) co_return Status::Error(ETIMEDOUT, "connect to " + address.to_string() + ": timed out");
+  if (ec == asio::error::address_family_not_supported && from)
+    co_return Status::Error(EAFNOSUPPORT, "connect to " + address.to_string() + ": no address of the same family as source " +
+                                              source->to_string());
   if (ec) co_return Status::Error(ec.value(), "connect to " + address.to_string() + ": " + ec.message());
   error_code ignored;
   socket.set_option(asio::ip::tcp::no_delay(true), ignored);

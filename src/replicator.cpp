@@ -80,9 +80,9 @@ void Replicator::fail_pending(const std::string& why) {
 }
 
 awaitable<void> Replicator::ack_watchdog(std::shared_ptr<PeerConnection> conn) {
-  const auto limit = std::chrono::seconds(config_.timeout);
   asio::steady_timer timer(io_);
   while (conn->is_open()) {
+    const auto limit = std::chrono::seconds(config_.timeout);  // a reload may change it
     timer.expires_after(std::max<std::chrono::milliseconds>(limit / 4, std::chrono::milliseconds(100)));
     co_await timer.async_wait(use_nothrow);
     while (!ack_order_.empty() && !pending_.contains(ack_order_.front().first)) ack_order_.pop_front();
@@ -280,7 +280,8 @@ awaitable<void> Replicator::run(uint64_t run_id) {
   auto current = [&] { return running_ && run_id == run_id_; };
   while (current()) {
     set_state(PeerState::kConnecting);
-    auto sock = co_await peer_connect(io_.get_executor(), *config_.remote, std::chrono::seconds(config_.timeout));
+    auto sock = co_await peer_connect(io_.get_executor(), *config_.remote, std::chrono::seconds(config_.timeout),
+                                    config_.source);
     Status s = sock.ok() ? Status::Ok() : sock.status();
     std::shared_ptr<PeerConnection> conn;
     if (s.ok() && current()) {
@@ -333,6 +334,16 @@ awaitable<void> Replicator::run(uint64_t run_id) {
   }
 }
 
+void Replicator::reconfigure(bool address_changed) {
+  if (conn_) conn_->set_timeout(std::chrono::seconds(config_.timeout));
+  if (!address_changed) return;
+  if (conn_) {
+    conn_->close("the peer's address changed (configuration reload)");
+  } else {
+    backoff_timer_.cancel();
+  }
+}
+
 nlohmann::json Replicator::status() const {
   PeerStats s = totals_;
   if (conn_) s.add(conn_->stats());
@@ -341,6 +352,7 @@ nlohmann::json Replicator::status() const {
       {"since", iso_time(state_since_)},
       {"node", peer_name_},
       {"remote", config_.remote ? config_.remote->to_string() : ""},
+      {"source", config_.source ? config_.source->host : ""},
       {"last_error", last_error_},
       {"connects", connects_},
       {"inflight_records", pending_.size()},

@@ -2,12 +2,13 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
-
-#include "hastnbd/logging.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+
+#include "hastnbd/logging.h"
+#include "hastnbd/sd_notify.h"
 
 namespace hastnbd {
 
@@ -271,12 +272,35 @@ awaitable<json> Resource::handle_command(const json& request) {
     if (!s.ok()) co_return control_error(s);
     co_return json{{"ok", true}, {"role", to_string(role_)}};
   }
+  if (cmd == "reload") co_return reload();
   if (cmd == "discard-my-data") {
     Status s = co_await discard_my_data();
     if (!s.ok()) co_return control_error(s);
     co_return json{{"ok", true}};
   }
   co_return control_error(Status::Error(EINVAL, "unknown command '" + cmd + "'"));
+}
+
+json Resource::reload() {
+  sd::reloading();
+  auto next = load_resource_config(config_.config_path, config_.name, config_.node);
+  if (!next.ok()) {
+    spdlog::error("reload: {}; nothing changed", next.status().message());
+    sd::ready(std::string("role ") + to_string(role_) + "; the last reload failed: " + next.status().message());
+    return control_error(Status::Error(next.status().code(), next.status().message() + "; nothing changed"));
+  }
+  const std::optional<Address> remote = config_.remote, source = config_.source;
+  ReloadDiff d = apply_reload(config_, *next);
+  for (const std::string& line : d.applied) spdlog::info("reload: {}", line);
+  for (const std::string& line : d.refused) spdlog::warn("reload: not changed, needs a restart: {}", line);
+  if (d.applied.empty() && d.refused.empty()) spdlog::info("reload: {}: nothing changed", config_.config_path);
+  hooks_->set_program(config_.exec);
+  if (syncer_) syncer_->set_rate(config_.sync_rate);
+  if (secondary_) secondary_->reconfigure();
+  if (replicator_) replicator_->reconfigure(config_.remote != remote || config_.source != source);
+  hooks_->run("reload");
+  sd::ready(std::string("role ") + to_string(role_));
+  return json{{"ok", true}, {"applied", d.applied}, {"refused", d.refused}};
 }
 
 awaitable<Status> Resource::change_role(Role to, bool force) {
@@ -313,6 +337,7 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   role_ = to;
   role_since_ = std::chrono::system_clock::now();
   spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
+  sd::status(std::string("role ") + to_string(to));
   hooks_->run("role", {to_string(from), to_string(to)});
   co_return Status::Ok();
 }
@@ -450,8 +475,7 @@ json Resource::status() const {
   s["dirty"] = {{"extents", map_->dirty_count()},
                 {"needs_sync_extents", map_->needs_sync_count()},
                 {"bytes", std::min(map_->dirty_count() * h.extent_size, h.data_size)},
-                {"keepdirty", config_.keepdirty},
-                {"extent_size", h.extent_size}};
+                {"keepdirty", config_.keepdirty}};
   s["nbd"] = {{"socket", role_ == Role::kPrimary ? config_.nbd.socket : ""},
               {"tcp", (role_ == Role::kPrimary && config_.nbd.listen) ? config_.nbd.listen->to_string() : ""},
               {"clients", nbd_->clients()},
@@ -474,6 +498,8 @@ json Resource::status() const {
                 {"timed_out", hooks_->stats().timed_out}};
   s["compression"] = to_string(config_.compression);
   s["checksum"] = to_string(config_.checksum);
+  s["timeout"] = config_.timeout;
+  s["sync_rate"] = config_.sync_rate;
   return s;
 }
 

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,8 +102,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   PeerStats stats_;
 };
 
-// Connects to `address` within `timeout`, TCP_NODELAY set.
+// Connects to `address` within `timeout`, from `source` when given (bound
+// before connecting), TCP_NODELAY set.
 awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, const Address& address,
-                                                      std::chrono::seconds timeout);
+                                                      std::chrono::seconds timeout,
+                                                      const std::optional<Address>& source = std::nullopt);
 
 }  // namespace hastnbd

@@ -77,6 +77,11 @@ class Replicator {
   std::function<void()> on_connected;
   std::function<void(const std::string& reason)> on_disconnected;
 
+  // After a reload: the timeout applies to the current link at once; a new
+  // peer address or source address drops the link (or ends the wait before
+  // the next attempt), so the next connect uses it.
+  void reconfigure(bool address_changed);
+
   nlohmann::json status() const;
   uint64_t inflight_bytes() const { return inflight_bytes_; }
 

@@ -38,6 +38,10 @@ class Resource {
   Status start();
   awaitable<json> handle_command(const json& request);
   awaitable<void> shutdown();
+  // SIGHUP or `hastnbd-ctl reload`: re-read the configuration file and apply
+  // what can change while running (apply_reload in config.h); the rest is
+  // logged as refused. A file with errors changes nothing.
+  json reload();
 
   json status() const;
   Role role() const { return role_; }

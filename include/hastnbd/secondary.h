@@ -34,6 +34,10 @@ class Secondary {
   // split-brain, and the peer is always refused.
   Status start(bool as_primary = false);
   awaitable<void> stop();  // close listener and link; wait for records being applied
+  // After a reload: the current link takes the new timeout.
+  void reconfigure() {
+    if (conn_) conn_->set_timeout(std::chrono::seconds(config_.timeout));
+  }
 
   PeerState state() const { return conn_ && conn_->is_open() ? PeerState::kConnected : PeerState::kDisconnected; }
   nlohmann::json status() const;

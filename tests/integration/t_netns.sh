@@ -103,7 +103,7 @@ if ! wait_in_sync "$conf" a 60; then
   show_log "$(daemon_log a)"
   die "the catch-up sync did not finish within 60 s of the reconnect"
 fi
-ext="$(status_field "$conf" a '["dirty"]["extent_size"]')"
+ext="$(status_field "$conf" a '["extent_size"]')"
 planned="$(status_field "$conf" a '["sync"]["total_bytes"]')"
 [ "$planned" -gt 0 ] || die "the reconnect planned no synchronisation after degraded writes"
 # The union of both maps: the primary's dirty extents and at most the
