@@ -724,6 +724,24 @@ wait_in_sync() {
   wait_for "$3" "node $2 in sync" _in_sync "$1" "$2"
 }
 
+# wait_catch_up CONF NODE DIRTY KEEPDIRTY TAG: after a reconnect, the
+# primary NODE synchronises what was written while the peer was away: waits
+# for in_sync (60 s), then checks the plan was not empty and at most the
+# union of both maps (NODE's DIRTY extents and the peer's KEEPDIRTY ones).
+# Sets CAUGHT_UP to the bytes planned.
+wait_catch_up() {
+  local conf="$1" node="$2" dirty="$3" keep="$4" tag="$5" ext
+  if ! wait_in_sync "$conf" "$node" 60; then
+    show_log "$(daemon_log "$node")"
+    die "$tag: the catch-up sync did not finish within 60 s of the reconnect"
+  fi
+  ext="$(status_field "$conf" "$node" '["extent_size"]')"
+  CAUGHT_UP="$(status_field "$conf" "$node" '["sync"]["total_bytes"]')"
+  [ "$CAUGHT_UP" -gt 0 ] || die "$tag: the reconnect planned no synchronisation after degraded writes"
+  [ "$CAUGHT_UP" -le $(((dirty + keep) * ext)) ] \
+    || die "$tag: catch-up planned $CAUGHT_UP bytes for $dirty dirty extents (+ $keep) of $ext bytes"
+}
+
 # netns_pair TAG NET: two network namespaces joined by a veth pair, as two
 # machines would be: NS_A/NS_B ("hnbd-TAGa-$$"), VETH_A/VETH_B, addresses
 # IP_A/IP_B in 10.NET.x.0/24, both links up. Removed on exit (daemons started

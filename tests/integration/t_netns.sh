@@ -99,17 +99,8 @@ if ! wait_peer_state "$conf" a connected 20; then
 fi
 log "link up: reconnected after $(($(date +%s%3N) - t0)) ms"
 # The reconnect catches up: only what was written while the link was down.
-if ! wait_in_sync "$conf" a 60; then
-  show_log "$(daemon_log a)"
-  die "the catch-up sync did not finish within 60 s of the reconnect"
-fi
-ext="$(status_field "$conf" a '["extent_size"]')"
-planned="$(status_field "$conf" a '["sync"]["total_bytes"]')"
-[ "$planned" -gt 0 ] || die "the reconnect planned no synchronisation after degraded writes"
-# The union of both maps: the primary's dirty extents and at most the
-# secondary's keepdirty ones.
-[ "$planned" -le $(((dirty + KEEPDIRTY) * ext)) ] || die "catch-up planned $planned bytes for $dirty dirty extents of $ext"
-log "link up: caught up $planned bytes ($dirty dirty extents)"
+wait_catch_up "$conf" a "$dirty" "$KEEPDIRTY" "link up"
+log "link up: caught up $CAUGHT_UP bytes ($dirty dirty extents)"
 replicated_region after-linkup $((192 * MIB))
 wait_in_sync "$conf" a 30 || die "not in sync after the last writes"
 cmp "$dir/disk-a.img" "$dir/disk-b.img" || die "the disks differ after the catch-up"
