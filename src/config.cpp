@@ -493,7 +493,7 @@ struct Origin {
 // are applied on top of each other.
 struct Cascade {
   ResourceConfig cfg;
-  Origin listen, nbd_listen, local, meta, nbd_socket, pidfile;
+  Origin listen, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile;
 };
 
 Origin origin_of(const Item& it) { return {it.key, it.line}; }
@@ -537,6 +537,14 @@ const Key kNbdKeys[] = {
      [](const Item& it, Cascade& c) { c.cfg.nbd.connections = number_of(it, 1, kMaxNbdConnections); }},
 };
 
+const Key kMetricsKeys[] = {
+    {"listen",
+     [](const Item& it, Cascade& c) {
+       c.cfg.metrics_listen = address_of(it);
+       c.metrics_listen = origin_of(it);
+     }},
+};
+
 const Key kSettingKeys[] = {
     {"replication", [](const Item& it, Cascade& c) { c.cfg.replication = enum_of(it, kReplicationNames); }},
     {"compression", [](const Item& it, Cascade& c) { c.cfg.compression = enum_of(it, kCompressionNames); }},
@@ -575,6 +583,7 @@ const Key kSettingKeys[] = {
        c.meta = origin_of(it);
      }},
     {"nbd", [](const Item& it, Cascade& c) { apply_entries(it, kNbdKeys, c); }},
+    {"metrics", [](const Item& it, Cascade& c) { apply_entries(it, kMetricsKeys, c); }},
 };
 
 constexpr std::string_view kNodesKey = "nodes";
@@ -661,7 +670,8 @@ void check_ports(const ParsedFile& f, std::string_view file) {
   for (const ResourceEntry& r : f.resources) {
     for (const NodeEntry& n : r.node_list) {
       for (auto [addr, from] :
-           {std::pair{&n.c.cfg.listen, &n.c.listen}, std::pair{&n.c.cfg.nbd.listen, &n.c.nbd_listen}}) {
+           {std::pair{&n.c.cfg.listen, &n.c.listen}, std::pair{&n.c.cfg.nbd.listen, &n.c.nbd_listen},
+            std::pair{&n.c.cfg.metrics_listen, &n.c.metrics_listen}}) {
         if (!addr->has_value()) continue;
         Use me{*from, r.name, (*addr)->to_string()};
         NodePort np{n.name, (*addr)->port};
@@ -938,6 +948,7 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
   note(false, "nbd.listen", opt_address(cur.nbd.listen), opt_address(next.nbd.listen));
   note(false, "nbd.device", text(cur.nbd.device), text(next.nbd.device));
   note(false, "nbd.connections", std::to_string(cur.nbd.connections), std::to_string(next.nbd.connections));
+  note(false, "metrics.listen", opt_address(cur.metrics_listen), opt_address(next.metrics_listen));
   return d;
 }
 

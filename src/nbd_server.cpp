@@ -325,6 +325,7 @@ awaitable<void> NbdServer::Connection::handle(std::shared_ptr<Connection> self, 
   NbdServer& srv = self->server_;
   BlockBackend& be = srv.backend_;
   const bool fua = r.flags & nbd::kCmdFlagFua;
+  const auto t0 = std::chrono::steady_clock::now();
   Status s;
   Buffer data;
   switch (r.type) {
@@ -355,6 +356,16 @@ awaitable<void> NbdServer::Connection::handle(std::shared_ptr<Connection> self, 
                   r.length, s.message());
     data = Buffer();
   }
+  NbdOp op = r.type == nbd::kCmdRead    ? NbdOp::kRead
+             : r.type == nbd::kCmdWrite ? NbdOp::kWrite
+             : r.type == nbd::kCmdFlush ? NbdOp::kFlush
+             : r.type == nbd::kCmdTrim  ? NbdOp::kTrim
+                                        : NbdOp::kWriteZeroes;
+  OpMetrics& m = srv.ops_[size_t(op)];
+  ++m.requests;
+  if (!s.ok()) ++m.errors;
+  if (s.ok() && (op == NbdOp::kRead || op == NbdOp::kWrite)) m.bytes += r.length;
+  m.latency.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   self->queue_reply(err, r.handle, std::move(data));
   --self->inflight_;
   self->inflight_bytes_ -= (r.type == nbd::kCmdRead || r.type == nbd::kCmdWrite) ? r.length : 0;

@@ -344,6 +344,12 @@ void Replicator::reconfigure(bool address_changed) {
   }
 }
 
+double Replicator::ack_lag_seconds() const {
+  for (const auto& [seq, sent] : ack_order_)  // entries already settled are skipped
+    if (pending_.contains(seq)) return std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+  return 0;
+}
+
 nlohmann::json Replicator::status() const {
   PeerStats s = totals_;
   if (conn_) s.add(conn_->stats());
@@ -357,6 +363,7 @@ nlohmann::json Replicator::status() const {
       {"connects", connects_},
       {"inflight_records", pending_.size()},
       {"inflight_bytes", inflight_bytes_},
+      {"ack_lag_seconds", ack_lag_seconds()},
       {"queued_bytes", conn_ ? conn_->queued_bytes() : 0},
       {"records_sent", s.records_sent},
       {"records_received", s.records_received},

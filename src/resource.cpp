@@ -252,6 +252,10 @@ awaitable<Status> Resource::discard_my_data() {
 Status Resource::start() {
   control_ = std::make_unique<ControlServer>(io_, [this](const json& req) { return handle_command(req); });
   if (Status s = control_->listen(config_.control_path()); !s.ok()) return s;
+  if (config_.metrics_listen) {
+    metrics_ = std::make_unique<MetricsServer>(io_, [this] { return prometheus_text(status(), nbd_->op_metrics()); });
+    if (Status s = metrics_->listen(*config_.metrics_listen); !s.ok()) return s;
+  }
   spdlog::info("resource {}: role init; control socket {}", config_.name, config_.control_path());
   hooks_->run("start");
   return Status::Ok();
@@ -429,6 +433,7 @@ awaitable<void> Resource::shutdown() {
   spdlog::info("resource {}: shutting down ({} NBD client(s), {} request(s) in flight)", config_.name,
                nbd_->clients(), nbd_->requests_in_flight());
   if (control_) control_->close();
+  if (metrics_) metrics_->stop();
   co_await nbd_->shutdown();
   co_await primary_->drain();
   if (syncer_) co_await syncer_->stop();

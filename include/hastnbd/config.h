@@ -84,6 +84,7 @@ struct ResourceConfig {
   std::string meta;                   // metadata file; default STATE_DIR/RESOURCE.meta
 
   NbdConfig nbd;
+  std::optional<Address> metrics_listen;  // `metrics: {listen: ADDR}`: Prometheus text over HTTP
 
   std::string control_path() const { return run_dir + "/" + name + ".ctl"; }
 };

@@ -17,6 +17,7 @@
 #include "hastnbd/block_backend.h"
 #include "hastnbd/buffer.h"
 #include "hastnbd/config.h"
+#include "hastnbd/metrics.h"
 #include "hastnbd/status.h"
 
 namespace hastnbd {
@@ -48,6 +49,7 @@ class NbdServer {
 
   size_t clients() const { return connections_.size(); }
   const NbdStats& stats() const { return stats_; }
+  const NbdOpMetrics& op_metrics() const { return ops_; }
   uint64_t requests_in_flight() const;
 
   class Connection;
@@ -66,6 +68,7 @@ class NbdServer {
   std::shared_ptr<asio::ip::tcp::acceptor> tcp_acceptor_;
   std::set<std::shared_ptr<Connection>> connections_;
   AsyncCondition connections_changed_;
+  NbdOpMetrics ops_;
   NbdStats stats_;
   uint64_t next_id_ = 1;
 };

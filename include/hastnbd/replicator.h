@@ -84,6 +84,8 @@ class Replicator {
 
   nlohmann::json status() const;
   uint64_t inflight_bytes() const { return inflight_bytes_; }
+  // Age of the oldest record the secondary has not acknowledged; 0 if none.
+  double ack_lag_seconds() const;
 
  private:
   awaitable<void> run(uint64_t run_id);

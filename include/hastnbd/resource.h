@@ -19,6 +19,7 @@
 #include "hastnbd/hooks.h"
 #include "hastnbd/local_disk.h"
 #include "hastnbd/metadata.h"
+#include "hastnbd/metrics.h"
 #include "hastnbd/nbd_server.h"
 #include "hastnbd/primary.h"
 #include "hastnbd/replicator.h"
@@ -76,6 +77,7 @@ class Resource {
   std::unique_ptr<Syncer> syncer_;          // with replicator_
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<Hooks> hooks_;
+  std::unique_ptr<MetricsServer> metrics_;  // with `metrics: {listen: ...}`
   SyncPlan plan_;                 // decided at the primary's last handshake, started when the link is up
   SyncProgress secondary_sync_;   // the secondary's view of a sync it takes part in
   bool secondary_in_sync_ = false;

@@ -418,7 +418,7 @@ TEST_CASE("config: unknown keys", "[config]") {
   CHECK(error_of(with_resource_line("colour: blue"))
             .starts_with("t.yaml:3: resources.data.colour: unknown key (known keys: replication, "
                          "compression, checksum, "));
-  CHECK(error_of(with_resource_line("colour: blue")).ends_with(", meta, nbd, nodes)"));
+  CHECK(error_of(with_resource_line("colour: blue")).ends_with(", meta, nbd, metrics, nodes)"));
   CHECK(error_of("resources:\n  data:\n    nodes:\n      a:\n        local: /dev/vdb\n        lisen: "
                  "\"1.2.3.4:5\"\n") ==
         "t.yaml:6: resources.data.nodes.a.lisen: unknown key; did you mean 'listen'?");
@@ -1010,4 +1010,21 @@ TEST_CASE("config: what a reload changes and what it refuses", "[config]") {
     CHECK(d.refused == std::vector<std::string>{"remote: 127.0.0.1:7002 -> (none)"});
     CHECK(running.remote->port == 7002);
   }
+}
+
+TEST_CASE("config: metrics listener", "[config]") {
+  auto c = parse_ok(with_resource_line("metrics: {listen: \"127.0.0.1:9917\"}"));
+  REQUIRE(c.metrics_listen);
+  CHECK(c.metrics_listen->port == 9917);
+  CHECK_FALSE(parse_ok(kMinimal).metrics_listen);
+  CHECK(error_of(with_resource_line("metrics: {port: 9917}")).starts_with("t.yaml:3: resources.data.metrics.port: unknown key"));
+  const std::string clash = R"(resources:
+  data:
+    nodes:
+      a: {local: /dev/vdb, listen: "0.0.0.0:9917", metrics: {listen: "127.0.0.1:9917"}}
+)";
+  CHECK(error_of(clash).find("would listen twice on port 9917") != std::string::npos);
+  ResourceConfig running = parse_ok(kMinimal);
+  ReloadDiff d = apply_reload(running, parse_ok(with_resource_line("metrics: {listen: \"127.0.0.1:9917\"}")));
+  CHECK(d.refused == std::vector<std::string>{"metrics.listen: (none) -> 127.0.0.1:9917"});
 }
