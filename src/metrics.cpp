@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "hastnbd/tcp_listen.h"
+
 namespace hastnbd {
 
 void LatencyHistogram::observe(double seconds) {
@@ -202,19 +204,9 @@ MetricsServer::MetricsServer(asio::io_context& io, std::function<std::string()> 
 MetricsServer::~MetricsServer() { stop(); }
 
 Status MetricsServer::listen(const Address& address) {
-  error_code ec;
-  asio::ip::tcp::resolver resolver(io_);
-  auto results = resolver.resolve(address.host, std::to_string(address.port), ec);
-  if (ec || results.empty())
-    return Status::Error(EINVAL, "metrics listen address " + address.to_string() + ": " + ec.message());
-  auto ep = results.begin()->endpoint();
-  auto acc = std::make_shared<asio::ip::tcp::acceptor>(io_);
-  acc->open(ep.protocol(), ec);
-  if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acc->bind(ep, ec);
-  if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return Status::Error(ec.value(), "metrics listener " + address.to_string() + ": " + ec.message());
-  acceptor_ = acc;
+  auto acc = tcp_listen(io_, address, "metrics listener");
+  if (!acc.ok()) return acc.status();
+  acceptor_ = *acc;
   spdlog::info("metrics: serving http://{}/metrics", address.to_string());
   asio::co_spawn(io_, accept_loop(), asio::detached);
   return Status::Ok();

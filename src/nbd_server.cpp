@@ -9,6 +9,7 @@
 #include <deque>
 
 #include "hastnbd/nbd_proto.h"
+#include "hastnbd/tcp_listen.h"
 
 namespace hastnbd {
 
@@ -432,20 +433,10 @@ Status NbdServer::listen_unix(const std::string& path) {
 }
 
 Status NbdServer::listen_tcp(const Address& address) {
-  error_code ec;
-  asio::ip::tcp::resolver resolver(io_);
-  auto results = resolver.resolve(address.host, std::to_string(address.port), ec);  // numeric in practice
-  if (ec || results.empty())
-    return Status::Error(EINVAL, "NBD listen address " + address.to_string() + ": " + ec.message());
-  auto endpoint = results.begin()->endpoint();
-  auto acceptor = std::make_shared<asio::ip::tcp::acceptor>(io_);
-  acceptor->open(endpoint.protocol(), ec);
-  if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor->bind(endpoint, ec);
-  if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return Status::Error(ec.value(), "NBD listen " + address.to_string() + ": " + ec.message());
-  tcp_acceptor_ = acceptor;
-  asio::co_spawn(io_, accept_tcp(acceptor), asio::detached);
+  auto acceptor = tcp_listen(io_, address, "NBD listener");
+  if (!acceptor.ok()) return acceptor.status();
+  tcp_acceptor_ = *acceptor;
+  asio::co_spawn(io_, accept_tcp(tcp_acceptor_), asio::detached);
   spdlog::info("nbd: serving export '{}' on tcp {}", export_name_, address.to_string());
   return Status::Ok();
 }

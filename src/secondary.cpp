@@ -5,6 +5,7 @@
 #include "hastnbd/logging.h"
 
 #include "hastnbd/role.h"
+#include "hastnbd/tcp_listen.h"
 
 namespace hastnbd {
 
@@ -31,22 +32,11 @@ Secondary::~Secondary() {
 Status Secondary::start(bool as_primary) {
   as_primary_ = as_primary;
   if (!config_.listen) return Status::Error(EINVAL, "role secondary needs a 'listen' address for node " + config_.node);
-  error_code ec;
-  asio::ip::tcp::resolver resolver(io_);
-  // The listen address is numeric in practice; a name resolves once, here.
-  auto results = resolver.resolve(config_.listen->host, std::to_string(config_.listen->port), ec);
-  if (ec || results.empty())
-    return Status::Error(EINVAL, "listen address " + config_.listen->to_string() + ": " + ec.message());
-  auto acceptor = std::make_shared<asio::ip::tcp::acceptor>(io_);
-  auto ep = results.begin()->endpoint();
-  acceptor->open(ep.protocol(), ec);
-  if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor->bind(ep, ec);
-  if (!ec) acceptor->listen(8, ec);
-  if (ec) return Status::Error(ec.value(), "peer listener " + config_.listen->to_string() + ": " + ec.message());
-  acceptor_ = acceptor;
+  auto acceptor = tcp_listen(io_, *config_.listen, "peer listener", /*backlog=*/8);
+  if (!acceptor.ok()) return acceptor.status();
+  acceptor_ = *acceptor;
   since_ = std::chrono::system_clock::now();
-  asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
+  asio::co_spawn(io_, accept_loop(acceptor_), asio::detached);
   spdlog::info("peer: {} listening on {} for {}", as_primary ? "primary" : "secondary", config_.listen->to_string(),
                config_.remote ? config_.remote->to_string() : std::string("any address"));
   return Status::Ok();
