@@ -8,6 +8,7 @@
 // (ConfigError, yaml-cpp's exceptions, bad_alloc) and return a Status.
 
 #include "hastnbd/config.h"
+#include "hastnbd/nbd_kernel.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -462,9 +463,7 @@ std::string path_of(const Item& it) {
 // Empty means "no device" so a node can override a device set above it.
 std::string device_of(const Item& it) {
   std::string s = scalar_of(it);
-  if (!s.empty() && (s.rfind("/dev/", 0) != 0 || s.size() == 5)) {
-    fail(it, quote(s) + " is not a device path (like /dev/nbd0)");
-  }
+  if (!s.empty() && !kernel_nbd::device_index(s).ok()) fail(it, quote(s) + " is not an nbd device (like /dev/nbd0)");
   return s;
 }
 

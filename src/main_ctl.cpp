@@ -7,7 +7,8 @@
 //   list                        every configured resource and its state
 //   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
 // Exit codes: 0 done, 1 the operation failed, 2 usage or configuration
-// error, 3 the daemon for the resource is not running.
+// error, 3 the daemon for the resource is not running, 4 the role is now
+// primary but the configured kernel device (nbd.device) could not be attached.
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
@@ -32,6 +33,7 @@ namespace {
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitNotRunning = 3;
+constexpr int kExitNoDevice = 4;
 constexpr int kControlTimeoutMs = 120000;  // a role change drains in-flight I/O
 
 const char* kUsage =
@@ -113,7 +115,18 @@ int cmd_role(const Ctx& c, const std::string& role, const std::string& resource)
     return not_running(reply.status()) ? kExitNotRunning : kExitFailed;
   }
   if (!(*reply)["ok"].get<bool>()) return fail(Status::Error(EIO, (*reply)["error"].get<std::string>()));
-  std::cout << resource << ": role " << (*reply)["role"].get<std::string>() << "\n";
+  const json& dev = (*reply)["device"];
+  const std::string path = dev.is_object() ? dev.value("path", "") : "";
+  std::cout << resource << ": role " << (*reply)["role"].get<std::string>();
+  if ((*reply)["role"] == "primary" && !path.empty()) {
+    if (!dev.value("attached", false)) {
+      std::cout << "\n";
+      std::cerr << "hastnbd-ctl: " << path << " is NOT attached: " << dev.value("error", "") << "\n";
+      return kExitNoDevice;
+    }
+    std::cout << ", " << path << " attached";
+  }
+  std::cout << "\n";
   return 0;
 }
 
@@ -201,6 +214,15 @@ void print_status(const json& s) {
   std::cout << ", " << nbd["clients"] << " client(s), " << nbd["requests"] << " requests ("
             << nbd["requests_in_flight"] << " in flight), read " << human(nbd["bytes_read"]) << ", written "
             << human(nbd["bytes_written"]) << ", " << nbd["errors"] << " errors\n";
+  const json& dev = nbd.value("device", json::object());
+  if (!dev.value("path", "").empty()) {
+    std::cout << "  device:      " << dev["path"].get<std::string>() << " "
+              << (dev.value("attached", false) ? "attached, " + std::to_string(dev.value("connections", 0)) +
+                                                     " connection(s), since " + dev.value("since", "")
+                                               : std::string("not attached"));
+    if (!dev.value("error", "").empty()) std::cout << " (" << dev["error"].get<std::string>() << ")";
+    std::cout << "\n";
+  }
 }
 
 int cmd_status_once(const Ctx& c, std::vector<std::string> resources) {

@@ -10,6 +10,7 @@
 #include "hastnbd/config.h"
 #include "hastnbd/logging.h"
 #include "hastnbd/pidfile.h"
+#include "hastnbd/privileges.h"
 #include "hastnbd/resource.h"
 #include "hastnbd/sd_notify.h"
 
@@ -73,6 +74,11 @@ int main(int argc, char** argv) {
   }
   Resource& r = **res;
   if (Status s = r.start(); !s.ok()) {
+    spdlog::critical("cannot start: {}", s.message());
+    return 1;
+  }
+  // Everything that needed full privileges is open; no thread exists yet.
+  if (Status s = drop_privileges(*config); !s.ok()) {
     spdlog::critical("cannot start: {}", s.message());
     return 1;
   }

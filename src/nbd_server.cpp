@@ -31,11 +31,13 @@ constexpr uint16_t kTransmissionFlags = nbd::kTxHasFlags | nbd::kTxSendFlush | n
 
 class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(NbdServer& server, asio::generic::stream_protocol::socket socket, std::string peer, uint64_t id)
+  Connection(NbdServer& server, asio::generic::stream_protocol::socket socket, std::string peer, uint64_t id,
+             bool kernel)
       : server_(server),
         socket_(std::move(socket)),
         peer_(std::move(peer)),
         id_(id),
+        kernel_(kernel),
         rbuf_(kReadBufferSize),
         changed_(socket_.get_executor()),
         handshake_timer_(socket_.get_executor()) {}
@@ -47,6 +49,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
     socket_.shutdown(asio::socket_base::shutdown_receive, ec);
   }
   unsigned inflight() const { return inflight_; }
+  bool kernel() const { return kernel_; }
 
  private:
   struct PendingReply {
@@ -57,6 +60,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
   awaitable<bool> read_exact(uint8_t* dst, size_t n);
   awaitable<bool> drain(uint64_t n);
   awaitable<bool> send(std::span<const uint8_t> bytes);
+  awaitable<void> negotiate_then_transmit();
   awaitable<bool> handshake();
   awaitable<bool> handle_go(uint32_t option, std::span<const uint8_t> payload);
   awaitable<void> transmission();
@@ -69,6 +73,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
   asio::generic::stream_protocol::socket socket_;
   std::string peer_;
   uint64_t id_;
+  bool kernel_;  // the kernel's end of a socketpair: negotiated already, no handshake
   std::vector<uint8_t> rbuf_;
   size_t rhead_ = 0, rtail_ = 0;
   std::deque<PendingReply> replies_;
@@ -130,6 +135,18 @@ awaitable<bool> NbdServer::Connection::send(std::span<const uint8_t> bytes) {
 
 awaitable<void> NbdServer::Connection::run() {
   spdlog::info("nbd: client {} connected ({})", id_, peer_);
+  if (kernel_) {
+    co_await transmission();
+  } else {
+    co_await negotiate_then_transmit();
+  }
+  spdlog::info("nbd: client {} disconnected: {} ({} requests{})", id_, end_reason_, requests_,
+               bad_requests_ ? fmt::format(", {} refused", bad_requests_) : std::string());
+  error_code ec;
+  socket_.close(ec);
+}
+
+awaitable<void> NbdServer::Connection::negotiate_then_transmit() {
   handshake_timer_.expires_after(kHandshakeTimeout);
   handshake_timer_.async_wait([self = shared_from_this()](error_code ec) {
     if (ec) return;
@@ -140,10 +157,6 @@ awaitable<void> NbdServer::Connection::run() {
   bool attached = co_await handshake();
   handshake_timer_.cancel();
   if (attached) co_await transmission();
-  spdlog::info("nbd: client {} disconnected: {} ({} requests{})", id_, end_reason_, requests_,
-               bad_requests_ ? fmt::format(", {} refused", bad_requests_) : std::string());
-  error_code ec;
-  socket_.close(ec);
 }
 
 awaitable<bool> NbdServer::Connection::handshake() {
@@ -486,8 +499,8 @@ awaitable<void> NbdServer::accept_tcp(std::shared_ptr<asio::ip::tcp::acceptor> a
   }
 }
 
-void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, std::string peer) {
-  auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer), next_id_++);
+void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel) {
+  auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer), next_id_++, kernel);
   connections_.insert(conn);
   ++stats_.connections_total;
   asio::co_spawn(io_, [this, conn]() -> awaitable<void> {
@@ -496,6 +509,14 @@ void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, 
     connections_changed_.notify_all();
   }, asio::detached);
 }
+
+size_t NbdServer::kernel_clients() const {
+  size_t n = 0;
+  for (const auto& c : connections_) n += c->kernel();
+  return n;
+}
+
+uint16_t NbdServer::transmission_flags() { return kTransmissionFlags; }
 
 uint64_t NbdServer::requests_in_flight() const {
   uint64_t n = 0;

@@ -7,7 +7,10 @@
 
 #include <filesystem>
 
+#include <sys/socket.h>
+
 #include "hastnbd/logging.h"
+#include "hastnbd/nbd_kernel.h"
 #include "hastnbd/sd_notify.h"
 
 namespace hastnbd {
@@ -274,7 +277,7 @@ awaitable<json> Resource::handle_command(const json& request) {
     if (!role) co_return control_error(Status::Error(EINVAL, "role must be init, secondary or primary"));
     Status s = co_await change_role(*role, request.value("force", false));
     if (!s.ok()) co_return control_error(s);
-    co_return json{{"ok", true}, {"role", to_string(role_)}};
+    co_return json{{"ok", true}, {"role", to_string(role_)}, {"device", device_status()}};
   }
   if (cmd == "reload") co_return reload();
   if (cmd == "discard-my-data") {
@@ -312,12 +315,23 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   if (changing_role_) co_return Status::Error(EBUSY, "a role change is already in progress");
   const MetaHeader& h = meta_->header();
   const bool target = (h.flags & kMetaSynchronising) && h.sync_direction == SyncDirection::kFromPeer;
-  RoleContext ctx{nbd_->clients(), /*secondary_available=*/secondary_ != nullptr, force, target};
+  RoleContext ctx{nbd_->clients() - nbd_->kernel_clients(), /*secondary_available=*/secondary_ != nullptr, force,
+                  target};
+  if (role_ == Role::kPrimary && to != role_ && device_.attached) {
+    changing_role_ = true;  // no other role change while we look
+    ctx.device_users = co_await device_users();
+    changing_role_ = false;
+  }
   if (Status s = check_role_change(role_, to, ctx); !s.ok()) co_return s;
   if (to == role_) co_return Status::Ok();
   changing_role_ = true;
   Role from = role_;
-  if (from == Role::kPrimary) co_await leave_primary();
+  if (from == Role::kPrimary) {
+    if (!ctx.device_users.empty())
+      spdlog::warn("resource {}: --force: detaching {} while in use: {}", config_.name, config_.nbd.device,
+                   ctx.device_users);
+    co_await leave_primary();
+  }
   if (from == Role::kSecondary) co_await secondary_->stop();
   Status s;
   if (to == Role::kPrimary && target) {
@@ -342,8 +356,118 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   role_since_ = std::chrono::system_clock::now();
   spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
   sd::status(std::string("role ") + to_string(to));
+  if (to == Role::kPrimary && !config_.nbd.device.empty()) co_await attach_device();
   hooks_->run("role", {to_string(from), to_string(to)});
   co_return Status::Ok();
+}
+
+// The call runs on the helper thread; its result is posted back to the loop,
+// where the awaiting coroutine resumes. No coroutine frame crosses threads.
+template <class F>
+awaitable<std::invoke_result_t<F>> Resource::blocking(F f) {
+  using R = std::invoke_result_t<F>;
+  if (!blocking_) blocking_ = std::make_unique<asio::thread_pool>(1);
+  auto& pool = *blocking_;
+  return asio::async_initiate<const asio::use_awaitable_t<>, void(R)>(
+      [&pool, f = std::move(f)](auto handler) mutable {
+        auto loop = asio::get_associated_executor(handler);
+        asio::post(pool, [f = std::move(f), handler = std::move(handler), loop]() mutable {
+          R result = f();
+          asio::post(loop, [handler = std::move(handler), result = std::move(result)]() mutable {
+            std::move(handler)(std::move(result));
+          });
+        });
+      },
+      asio::use_awaitable);
+}
+
+awaitable<void> Resource::attach_device() {
+  const std::string& path = config_.nbd.device;
+  auto index = kernel_nbd::device_index(path);
+  device_ = KernelDevice{};
+  device_.since = std::chrono::system_clock::now();
+  auto fail = [&](const Status& s) {
+    device_.error = s.message();
+    spdlog::error("resource {}: {} not attached: {}", config_.name, path, s.message());
+  };
+  if (!index.ok()) co_return fail(index.status());
+  device_.index = *index;
+  const std::string backend = "hastnbd:" + config_.name + "@" + config_.node;
+  // A daemon of this resource that died while attached leaves the device
+  // connected to dead sockets; take it back if nobody uses it.
+  if (kernel_nbd::connected(*index) && kernel_nbd::backend(*index) == backend) {
+    std::string users = co_await device_users();
+    if (!users.empty())
+      co_return fail(Status::Error(EBUSY, "still attached from an earlier run of this daemon and in use (" + users +
+                                              "): unmount it, then 'hastnbd-ctl role primary' again"));
+    spdlog::warn("resource {}: {} still attached from an earlier run; detaching it first", config_.name, path);
+    if (Status s = co_await blocking([i = *index] { return kernel_nbd::disconnect(i); }); !s.ok())
+      co_return fail(s);
+  }
+  kernel_nbd::AttachParams p;
+  p.index = *index;
+  p.size = meta_->header().data_size;
+  p.block_size = p.size % 4096 == 0 ? 4096 : 512;
+  p.server_flags = NbdServer::transmission_flags();
+  // A request may rightly wait for a dead peer to time out (fullsync) before
+  // it completes degraded; the kernel must not give up on the whole device
+  // first.
+  p.timeout_s = std::max<uint64_t>(120, 4 * uint64_t(config_.timeout));
+  p.dead_conn_timeout_s = config_.timeout;
+  p.backend = backend;
+  std::vector<int> ours;
+  for (unsigned i = 0; i < config_.nbd.connections; ++i) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      int err = errno;
+      for (int fd : p.fds) ::close(fd);
+      for (int fd : ours) ::close(fd);
+      co_return fail(Status::Error(err, std::string("socketpair: ") + std::strerror(err)));
+    }
+    ours.push_back(sv[0]);
+    p.fds.push_back(sv[1]);
+  }
+  // Served before the kernel has them: it may read (partition scan, udev's
+  // blkid) as soon as the device starts.
+  for (size_t i = 0; i < ours.size(); ++i)
+    nbd_->serve_connection(asio::generic::stream_protocol::socket(io_, asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), ours[i]),
+                           path + " #" + std::to_string(i + 1), /*kernel=*/true);
+  // Named before the co_await: GCC 12 copies a closure temporary's captures
+  // bitwise into the coroutine frame (a string or vector then shares memory).
+  auto connect = [p] { return kernel_nbd::connect(p); };
+  Status s = co_await blocking(std::move(connect));
+  for (int fd : p.fds) ::close(fd);  // the kernel holds its own references; on failure our ends see EOF
+  if (!s.ok()) co_return fail(s);
+  device_.attached = true;
+  spdlog::info("resource {}: {} attached ({} bytes, block size {}, {} connection(s))", config_.name, path, p.size,
+               p.block_size, p.fds.size());
+}
+
+awaitable<void> Resource::detach_device() {
+  if (!device_.attached) co_return;
+  device_.attached = false;
+  device_.since = std::chrono::system_clock::now();
+  Status s = co_await blocking([i = device_.index] { return kernel_nbd::disconnect(i); });
+  if (!s.ok()) {
+    device_.error = s.message();
+    spdlog::error("resource {}: {}", config_.name, s.message());
+    co_return;
+  }
+  device_.error.clear();
+  spdlog::info("resource {}: {} detached", config_.name, config_.nbd.device);
+}
+
+awaitable<std::string> Resource::device_users() {
+  auto users = [path = config_.nbd.device, i = device_.index] { return kernel_nbd::users(path, i); };
+  co_return co_await blocking(std::move(users));
+}
+
+json Resource::device_status() const {
+  return {{"path", config_.nbd.device},
+          {"attached", device_.attached && nbd_->kernel_clients() > 0},
+          {"connections", nbd_->kernel_clients()},
+          {"since", device_.index < 0 ? "" : iso_time(device_.since)},
+          {"error", device_.error}};
 }
 
 Status Resource::become_primary() {
@@ -370,6 +494,7 @@ Status Resource::become_primary() {
 }
 
 awaitable<void> Resource::leave_primary() {
+  co_await detach_device();
   co_await nbd_->shutdown();
   co_await primary_->drain();
   Status s = co_await primary_->flush();
@@ -434,6 +559,12 @@ awaitable<void> Resource::shutdown() {
                nbd_->clients(), nbd_->requests_in_flight());
   if (control_) control_->close();
   if (metrics_) metrics_->stop();
+  if (device_.attached) {
+    if (std::string users = co_await device_users(); !users.empty())
+      spdlog::error("resource {}: stopping: detaching {} while in use ({}); its I/O fails from now on",
+                    config_.name, config_.nbd.device, users);
+    co_await detach_device();
+  }
   co_await nbd_->shutdown();
   co_await primary_->drain();
   if (syncer_) co_await syncer_->stop();
@@ -489,7 +620,8 @@ json Resource::status() const {
               {"requests_in_flight", nbd_->requests_in_flight()},
               {"bytes_read", ns.bytes_read},
               {"bytes_written", ns.bytes_written},
-              {"errors", ns.errors}};
+              {"errors", ns.errors},
+              {"device", device_status()}};
   s["metaflush"] = {{"enabled", config_.metaflush}, {"bitmap_syncs", primary_->stats().bitmap_syncs}};
   const PrimaryStats& ps = primary_->stats();
   s["writes"] = {{"in_flight", ps.writes_in_flight},

@@ -44,10 +44,15 @@ class NbdServer {
   awaitable<void> shutdown();
 
   // Serve one already-connected socket (also how tests and the fuzzer feed
-  // the server without a listener).
-  void serve_connection(asio::generic::stream_protocol::socket socket, std::string peer);
+  // the server without a listener). `kernel`: the socket goes straight to the
+  // transmission phase, for the kernel's end of a socketpair handed over by
+  // netlink (nbd_kernel.h), which negotiates nothing.
+  void serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel = false);
 
   size_t clients() const { return connections_.size(); }
+  size_t kernel_clients() const;  // of clients(), those of an attached /dev/nbdN
+  // What every client is offered (and the kernel told at attach).
+  static uint16_t transmission_flags();
   const NbdStats& stats() const { return stats_; }
   const NbdOpMetrics& op_metrics() const { return ops_; }
   uint64_t requests_in_flight() const;

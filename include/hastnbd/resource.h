@@ -11,6 +11,8 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <string>
+#include <type_traits>
 
 #include "hastnbd/activemap.h"
 #include "hastnbd/buffer.h"
@@ -62,6 +64,17 @@ class Resource {
   awaitable<Status> on_sync_done(uint64_t primary_localcnt);
   awaitable<Status> discard_my_data();
   void wire_peer_events();
+  // The kernel's /dev/nbdN (nbd.device): attached after a promotion, detached
+  // before the export closes. A failed attach leaves the node primary with
+  // the error in status (the Unix socket still serves nbd-client).
+  awaitable<void> attach_device();
+  awaitable<void> detach_device();
+  awaitable<std::string> device_users();
+  json device_status() const;
+  // Runs a blocking call (netlink, opening /dev/nbdN) on the helper thread;
+  // the loop goes on serving meanwhile, which some of those calls wait for.
+  template <class F>
+  awaitable<std::invoke_result_t<F>> blocking(F f);
 
   asio::io_context& io_;
   ResourceConfig config_;
@@ -92,6 +105,14 @@ class Resource {
   std::chrono::system_clock::time_point started_;
   bool changing_role_ = false;
   bool shutting_down_ = false;
+  struct KernelDevice {
+    int index = -1;
+    bool attached = false;  // we attached it (and have not detached it since)
+    std::string error;      // why the last attach or detach failed
+    std::chrono::system_clock::time_point since;
+  };
+  KernelDevice device_;
+  std::unique_ptr<asio::thread_pool> blocking_;  // one thread, made at first use
 };
 
 // Offline helpers shared by hastnbd-ctl: the data size a resource exports

@@ -523,8 +523,10 @@ TEST_CASE("config: bad paths and devices", "[config]") {
       {"local: dev/vdb", "local: 'dev/vdb' is not an absolute path (it must start with /)"},
       {"meta: data.meta", "meta: 'data.meta' is not an absolute path (it must start with /)"},
       {"nbd: {socket: x.sock}", "nbd.socket: 'x.sock' is not an absolute path (it must start with /)"},
-      {"nbd: {device: /tmp/nbd0}", "nbd.device: '/tmp/nbd0' is not a device path (like /dev/nbd0)"},
-      {"nbd: {device: /dev/}", "nbd.device: '/dev/' is not a device path (like /dev/nbd0)"},
+      {"nbd: {device: /tmp/nbd0}", "nbd.device: '/tmp/nbd0' is not an nbd device (like /dev/nbd0)"},
+      {"nbd: {device: /dev/}", "nbd.device: '/dev/' is not an nbd device (like /dev/nbd0)"},
+      {"nbd: {device: /dev/vdb}", "nbd.device: '/dev/vdb' is not an nbd device (like /dev/nbd0)"},
+      {"nbd: {device: /dev/nbd0p1}", "nbd.device: '/dev/nbd0p1' is not an nbd device (like /dev/nbd0)"},
       {"local: \"/dev/v\\0db\"", "local: contains a NUL character"},
   };
   for (const Case& c : cases) {

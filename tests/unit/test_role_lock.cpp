@@ -26,6 +26,24 @@ TEST_CASE("role changes", "[role]") {
   CHECK(check_role_change(Role::kInit, Role::kSecondary, RoleContext{0, true, false}).ok());
 }
 
+TEST_CASE("leaving primary with the kernel device in use", "[role]") {
+  RoleContext ctx;
+  ctx.secondary_available = true;
+  ctx.device_users = "mounted or held exclusively";
+  for (Role to : {Role::kSecondary, Role::kInit}) {
+    auto s = check_role_change(Role::kPrimary, to, ctx);
+    CHECK(s.code() == EBUSY);
+    CHECK_THAT(s.message(), Catch::Contains("in use: mounted") && Catch::Contains("--force"));
+  }
+  CHECK(check_role_change(Role::kPrimary, Role::kPrimary, ctx).ok());  // staying is no change
+  ctx.force = true;
+  CHECK(check_role_change(Role::kPrimary, Role::kSecondary, ctx).ok());
+  // An attached device nobody uses does not count as a client.
+  RoleContext unused;
+  unused.secondary_available = true;
+  CHECK(check_role_change(Role::kPrimary, Role::kSecondary, unused).ok());
+}
+
 namespace {
 
 // Runs `body` to completion on a fresh loop.
