@@ -167,6 +167,10 @@ std::string prometheus_text(const nlohmann::json& st, const NbdOpMetrics& ops) {
   const nlohmann::json& nbd = sub("nbd");
   w.one("hastnbd_nbd_clients", "gauge", "NBD clients attached.", num(nbd, "clients"));
   w.one("hastnbd_nbd_connections_total", "counter", "NBD connections accepted.", num(nbd, "connections_total"));
+  const nlohmann::json device = nbd.contains("device") ? nbd["device"] : nlohmann::json::object();
+  if (!device.value("path", std::string()).empty())
+    w.one("hastnbd_nbd_device_attached", "gauge", "1 while the kernel device (nbd.device) is attached.",
+          device.value("attached", false) ? 1 : 0);
   w.family("hastnbd_nbd_requests_total", "counter", "NBD requests handled, by operation.");
   for (size_t i = 0; i < ops.size(); ++i)
     w.sample("hastnbd_nbd_requests_total", double(ops[i].requests),
