@@ -24,6 +24,7 @@
 #include "hastnbd/control.h"
 #include "hastnbd/metadata.h"
 #include "hastnbd/resource.h"
+#include "hastnbd/role.h"
 
 namespace po = boost::program_options;
 using namespace hastnbd;
@@ -106,6 +107,10 @@ int cmd_create(const Ctx& c, const std::string& resource) {
 }
 
 int cmd_role(const Ctx& c, const std::string& role, const std::string& resource) {
+  if (!parse_role(role)) {
+    std::cerr << "hastnbd-ctl: unknown role '" << role << "': init, secondary or primary\n";
+    return kExitUsage;
+  }
   auto cfg = config_for(c, resource);
   if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
   auto reply = control_call(cfg->control_path(), json{{"cmd", "role"}, {"role", role}, {"force", c.force}},

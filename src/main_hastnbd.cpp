@@ -23,12 +23,16 @@ int main(int argc, char** argv) {
   opts.add_options()("help,h", "show this help")("version", "print the version")(
       "config,c", po::value(&config_path), "configuration file (default /etc/hastnbd/hastnbd.yaml)")(
       "node", po::value(&node), "this node's name in the configuration (default: short hostname)")(
-      "verbose,v", "debug logging")("resource", po::value(&resource), "resource to serve");
+      "verbose,v", "debug logging");
+  po::options_description hidden;  // the positional RESOURCE, not an option to show
+  hidden.add_options()("resource", po::value(&resource));
+  po::options_description all;
+  all.add(opts).add(hidden);
   po::positional_options_description pos;
   pos.add("resource", 1);
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(opts).positional(pos).run(), vm);
+    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     std::cerr << "hastnbd: " << e.what() << "\n" << opts;

@@ -43,7 +43,9 @@ HASTNBD_BIN="$HASTNBD_BIN" "$HASTNBD_PYTHON" "$T/listen.py" "$T/notify.sock" "$c
 track_pid $!
 wait_for 10 "the notify listener" test -e "$T/notify.out.ready" || die "listener did not start"
 
-NOTIFY_SOCKET="$T/notify.sock" start_daemon "$conf" a data
+# JOURNAL_STREAM: what systemd sets when stderr goes to the journal; lines
+# then carry their syslog priority as "<N>" for journald.
+JOURNAL_STREAM=8:4242 NOTIFY_SOCKET="$T/notify.sock" start_daemon "$conf" a data
 pid=$DAEMON_PID
 _got() { grep -q "$1" "$T/notify.out"; }
 wait_for 10 "READY=1" _got "READY=1" || die "no READY=1: $(cat "$T/notify.out")"
@@ -63,4 +65,10 @@ hastnbd_ctl "$conf" a role init data >/dev/null || die "role init failed"
 stop_daemon "$pid"
 wait_for 10 "STOPPING=1" _got "STOPPING=1" || die "no STOPPING=1: $(cat "$T/notify.out")"
 log "notifications: $(tr '\n' ' ' <"$T/notify.out")"
+logf="$(daemon_log a)"
+grep -q "^<6>info: resource data: role init" "$logf" || { show_log "$logf"; die "journal lines lack the <6> priority prefix"; }
+if grep -v "^<[2-7]>[a-z]*: " "$logf" | grep -q .; then
+  show_log "$logf"
+  die "a journal line without its priority prefix"
+fi
 log "t_sd_notify: READY after the control socket, STATUS, RELOADING/READY, STOPPING"
