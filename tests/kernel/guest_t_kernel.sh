@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# The guest half of tests/integration/t_kernel.sh: runs INSIDE the VM that
+# tests/kernel/run-vm boots (Debian's kernel, nbd.ko loaded), with hastnbd's
+# two disks as virtio-blk devices /dev/vda (node a) and /dev/vdb (node b).
+#
+#   guest_t_kernel.sh [client] [device]
+#   (default: $HASTNBD_KERNEL_PARTS, else both, in that order)
+#
+# Both parts run the same failover with an ext4 file system on a real kernel
+# /dev/nbdN, two daemons on 127.0.0.1:
+#   1. a fresh pair: b secondary, a primary; the initial full sync;
+#   2. a /dev/nbdN is attached to a, with the device's size;
+#   3. mkfs.ext4, mount, files written (sha256 recorded), sync; the pair
+#      reaches in_sync with the file system still mounted;
+#   4. kill -9 of daemon a; the dead mount is lazily unmounted;
+#   5. b promoted, another /dev/nbdN attached to b: fsck.ext4 -fn is clean,
+#      the files' sha256 are intact;
+#   6. that device detached again.
+# "client": nbd-client 3.24 attaches /dev/nbd2 (a) and /dev/nbd3 (b) through
+# hastnbd's NBD Unix socket (netlink, -b 4096), the route every release
+# supports.
+# "device": `nbd: {device: /dev/nbd0, connections: 2}` in the resource and
+# `nbd: {device: /dev/nbd1}` in node b's section, so `hastnbd-ctl role
+# primary` attaches the device itself (kernel nbd netlink, socketpairs) and
+# `role secondary` detaches it; the demotion must be refused while the file
+# system is mounted and while a process holds the device open. status --json
+# shows .nbd.device = {path, attached, ...}.
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/../integration/lib.sh"
+require_root
+[ "${HASTNBD_VM:-}" = 1 ] || die "guest_t_kernel.sh runs inside the VM (tests/kernel/run-vm)"
+require_cmd nbd-client mkfs.ext4 e2fsck blockdev sha256sum
+require_hastnbd
+
+# Undo steps must not eat the VM's time: a stuck umount on a dead device
+# would otherwise hold each step for a minute.
+_CLEANUP_STEP_TIMEOUT=15
+# Under TCG everything is 10-30x slower: the peer timeout and every wait
+# are scaled (a 3 s keepalive timeout could fire on a merely slow VM).
+PEER_TIMEOUT=15
+parts=("$@")
+# HASTNBD_KERNEL_PARTS (passed into the VM by run-vm) picks parts by hand.
+# shellcheck disable=SC2206
+[ ${#parts[@]} -gt 0 ] || parts=(${HASTNBD_KERNEL_PARTS:-client device})
+
+# lib.sh's wait_for counts polls, not seconds: fine on the host, but here a
+# poll (a fork and exec over 9p, a Python start for a status field) takes up
+# to a second or more, so "60 s" became ten minutes. The same contract on a
+# real deadline.
+wait_for() {
+  local secs="$1" desc="$2" deadline=$((SECONDS + $1))
+  shift 2
+  while :; do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    if [ -n "${WAIT_PID:-}" ] && ! kill -0 "$WAIT_PID" 2>/dev/null; then
+      echo "process $WAIT_PID exited while waiting for $desc" >&2
+      return 1
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || break
+    sleep 0.2
+  done
+  echo "timed out after ${secs}s waiting for $desc" >&2
+  return 1
+}
+
+# On failure: the kernel's view and both daemons' logs, on the console.
+# shellcheck disable=SC2016  # expanded when the step runs
+on_exit '[ -e "$T/passed" ] || { echo "---- dmesg (last 60 lines) ----"; dmesg | tail -n 60; show_log "$(daemon_log a)"; show_log "$(daemon_log b)"; }'
+
+SIZE="$(blockdev --getsize64 /dev/vda)"
+[ "$SIZE" = "$(blockdev --getsize64 /dev/vdb)" ] || die "/dev/vda and /dev/vdb differ in size"
+
+# status_of CONF NODE EXPR: a Python expression over the status document s.
+status_of() {
+  local out
+  out="$(hastnbd_ctl "$1" "$2" status --json data)" || return 1
+  "$HASTNBD_PYTHON" -c "import json,sys; s=json.load(sys.stdin); print($3)" <<<"$out"
+}
+
+# nbd_connected DEV: the kernel has a server for /dev/nbdN (the pid file
+# exists only while connected).
+nbd_connected() {
+  [ -e "/sys/block/${1#/dev/}/pid" ]
+}
+
+nbd_disconnected() {
+  ! nbd_connected "$1"
+}
+
+pid_gone() {
+  ! kill -0 "$1" 2>/dev/null
+}
+
+# nbd_size_is DEV BYTES: from sysfs (512-byte sectors) without a fork, as it
+# is polled.
+nbd_size_is() {
+  local sectors
+  read -r sectors <"/sys/block/${1#/dev/}/size" || return 1
+  [ $((sectors * 512)) = "$2" ]
+}
+
+# nbd_detach_quietly DEV: for the cleanup stack; nbd-client -d speaks netlink
+# to any /dev/nbdN, whoever attached it.
+nbd_detach_quietly() {
+  nbd_connected "$1" || return 0
+  timeout 10 nbd-client -d "$1" >/dev/null 2>&1 || true
+}
+
+# pair_up DIR PORT_A PORT_B [YAML-LINE...]: configuration (extra lines go into
+# the resource section, NODE_B_EXTRA into node b's), metadata, both daemons,
+# b secondary. Sets CONF. Each part has its own ports: the previous part's
+# daemon a died by SIGKILL.
+pair_up() {
+  local dir="$1" pa="$2" pb="$3" conf
+  shift 3
+  mkdir -p "$dir"
+  # write_pair_config uses DIR/disk-N.img unless present: the virtio disks.
+  ln -sf /dev/vda "$dir/disk-a.img"
+  ln -sf /dev/vdb "$dir/disk-b.img"
+  conf="$dir/hastnbd.yaml"
+  PAIR_TIMEOUT=$PEER_TIMEOUT PAIR_KEEPDIRTY=8 write_pair_config "$conf" "127.0.0.1:$pa" "127.0.0.1:$pb" "$@"
+  if [ -n "${NODE_B_EXTRA:-}" ]; then
+    sed -i "s|^\(      b: {.*\)}\$|\1, $NODE_B_EXTRA}|" "$conf"
+    grep -q "$NODE_B_EXTRA" "$conf" || die "could not add '$NODE_B_EXTRA' to node b in $conf"
+  fi
+  echo "---- $conf ----" >&2
+  cat "$conf" >&2
+  create_resource "$conf" a data --force >/dev/null
+  create_resource "$conf" b data --force >/dev/null
+  start_daemon "$conf" b data
+  start_daemon "$conf" a data
+  hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on b failed"
+  CONF="$conf"
+}
+
+# wait_pair_synced CONF: a connected to b and in sync (the initial full sync).
+wait_pair_synced() {
+  local conf="$1" t0=$SECONDS
+  wait_peer_state "$conf" a connected 60 || die "a did not connect to b within 60 s"
+  wait_in_sync "$conf" a 240 || die "a not in sync with b within 240 s"
+  log "pair connected and in sync after $((SECONDS - t0)) s"
+}
+
+# fill_fs DEV MNT: ext4 on DEV, files written, their sums in $T/files.sha256;
+# the file system stays mounted.
+fill_fs() {
+  local dev="$1" mnt="$2" i
+  mkdir -p "$mnt" "$T/src"
+  with_timeout 120 mkfs.ext4 -q -F "$dev" || die "mkfs.ext4 $dev failed"
+  with_timeout 60 mount "$dev" "$mnt" || die "mount $dev failed"
+  # Sizes off the 4 KiB grid, 12 files, about 10 MiB.
+  for ((i = 0; i < 12; i++)); do
+    head -c $((4096 + i * 262144 + i * 1234)) /dev/urandom >"$T/src/f$i"
+  done
+  mkdir -p "$mnt/d"
+  cp "$T"/src/f* "$mnt/d/"
+  (cd "$T/src" && sha256sum f*) >"$T/files.sha256"
+  with_timeout 120 sync || die "sync on $mnt failed"
+  log "ext4 on $dev: $(du -sh "$mnt/d" | cut -f1) written and synced"
+}
+
+# check_fs DEV MNT: fsck -fn clean, mount, every sum intact, umount.
+check_fs() {
+  local dev="$1" mnt="$2"
+  with_timeout 120 e2fsck -fn "$dev" >"$T/e2fsck.out" 2>&1 || {
+    cat "$T/e2fsck.out" >&2
+    die "e2fsck -fn $dev is not clean after the failover"
+  }
+  mkdir -p "$mnt"
+  with_timeout 60 mount "$dev" "$mnt" || die "mount $dev failed after the failover"
+  (cd "$mnt/d" && with_timeout 60 sha256sum --quiet -c "$T/files.sha256") \
+    || die "files differ after the failover"
+  [ "$(find "$mnt/d" -type f | wc -l)" -eq 12 ] || die "file count differs after the failover"
+  with_timeout 60 umount "$mnt" || die "umount $mnt failed"
+  log "fsck clean on $dev, 12 files intact"
+}
+
+# kill_a CONF DEV MNT: daemon a dies (SIGKILL) under a mounted
+# file system; the dead mount goes (umount -l: its I/O can only fail now);
+# b sees the link drop.
+kill_a() {
+  local conf="$1" dev="$2" mnt="$3" t0=$SECONDS
+  kill -KILL "${DAEMON_PIDS[a]}"
+  wait "${DAEMON_PIDS[a]}" 2>/dev/null || true
+  # In the background: with nothing open on it, even a lazy umount unmounts
+  # at once, and ext4's last journal writes then wait for the kernel to give
+  # up on the dead connection (at once for nbd-client's device, after the
+  # dead-connection timeout for a device the daemon attached).
+  ( umount -l "$mnt" ) &
+  UMOUNT_PID=$!
+  track_pid "$UMOUNT_PID"
+  wait_peer_state_not "$conf" b connected 60 || die "b still sees a connected 60 s after a died"
+  [ "$(status_field "$conf" b '["metadata"]["inconsistent"]')" = False ] || die "b thinks it is inconsistent"
+  log "a killed; b saw the link drop after $((SECONDS - t0)) s;" \
+    "$dev: $(nbd_connected "$dev" && echo still connected || echo disconnected)"
+}
+
+# wait_dead_umount MNT: the background umount -l of kill_a is done (the I/O
+# of a dead /dev/nbdN fails in bounded time).
+wait_dead_umount() {
+  local t0=$SECONDS rc=0
+  WAIT_PID="" wait_for 60 "umount -l $1" pid_gone "$UMOUNT_PID" \
+    || die "umount -l $1 of the dead device still running after 60 s"
+  wait "$UMOUNT_PID" || rc=$?
+  [ "$rc" = 0 ] || die "umount -l $1 of the dead device failed ($rc)"
+  ! mountpoint -q "$1" || die "$1 still mounted after umount -l"
+  log "umount -l $1 of the dead device finished (waited $((SECONDS - t0)) s more)"
+}
+
+# --- part 1: nbd-client against the NBD Unix socket -------------------------------
+
+part_client() {
+  local dir="$T/client" sock_a sock_b t0=$SECONDS
+  log "== part client: nbd-client -unix against hastnbd's NBD socket"
+  on_exit "nbd_detach_quietly /dev/nbd2"
+  on_exit "nbd_detach_quietly /dev/nbd3"
+  pair_up "$dir" 7401 7402
+  make_primary "$CONF" a data
+  sock_a="$(status_of "$CONF" a 's["nbd"]["socket"]')"
+  [ "$sock_a" = "$(nbd_socket "$CONF" a data)" ] || die "status .nbd.socket is '$sock_a'"
+  wait_pair_synced "$CONF"
+
+  # netlink (nbd-client's default), 4 KiB blocks like a file system wants.
+  with_timeout 60 nbd-client -unix "$sock_a" /dev/nbd2 -N data -b 4096 \
+    || die "nbd-client -unix $sock_a /dev/nbd2 failed"
+  nbd_connected /dev/nbd2 || die "/dev/nbd2 not connected after nbd-client"
+  # Over netlink nbd-client hands the socket to the kernel and exits; over
+  # the ioctls it would stay, blocked in NBD_DO_IT.
+  ! pgrep -x nbd-client >/dev/null || die "nbd-client still running: it did not use netlink"
+  wait_for 30 "/dev/nbd2 to have $SIZE bytes" nbd_size_is /dev/nbd2 "$SIZE" \
+    || die "/dev/nbd2 has $(blockdev --getsize64 /dev/nbd2) bytes, want $SIZE"
+  log "nbd2: $SIZE bytes, logical block $(cat /sys/block/nbd2/queue/logical_block_size)," \
+    "write_zeroes_max_bytes $(cat /sys/block/nbd2/queue/write_zeroes_max_bytes)," \
+    "discard_max_bytes $(cat /sys/block/nbd2/queue/discard_max_bytes)," \
+    "backend '$(cat /sys/block/nbd2/backend 2>/dev/null || echo none)'"
+  fill_fs /dev/nbd2 "$T/mnt-a"
+  wait_in_sync "$CONF" a 120 || die "a not in sync after the writes"
+  kill_a "$CONF" /dev/nbd2 "$T/mnt-a"
+  # The server is gone: the kernel fails its I/O; detach the dead device.
+  with_timeout 60 nbd-client -d /dev/nbd2 || die "nbd-client -d /dev/nbd2 failed after a died"
+
+  make_primary "$CONF" b data
+  sock_b="$(nbd_socket "$CONF" b data)"
+  with_timeout 60 nbd-client -unix "$sock_b" /dev/nbd3 -N data -b 4096 \
+    || die "nbd-client -unix $sock_b /dev/nbd3 failed"
+  wait_for 30 "/dev/nbd3 to have $SIZE bytes" nbd_size_is /dev/nbd3 "$SIZE" || die "/dev/nbd3 has the wrong size"
+  check_fs /dev/nbd3 "$T/mnt-b"
+  wait_dead_umount "$T/mnt-a"
+  with_timeout 60 nbd-client -d /dev/nbd3 || die "nbd-client -d /dev/nbd3 failed"
+  wait_for 30 "/dev/nbd3 to disconnect" nbd_disconnected /dev/nbd3 \
+    || die "/dev/nbd3 still connected after nbd-client -d"
+  stop_daemon "${DAEMON_PIDS[b]}"
+  log "== part client passed in $((SECONDS - t0)) s"
+}
+
+# --- part 2: the daemon attaches /dev/nbdN itself ---------------------------------
+
+device_attached() {  # CONF NODE
+  [ "$(status_of "$1" "$2" 's["nbd"]["device"]["attached"]' 2>/dev/null)" = True ]
+}
+
+part_device() {
+  local dir="$T/device" t0=$SECONDS info holder
+  log "== part device: nbd.device, attached by the daemon itself"
+  on_exit "nbd_detach_quietly /dev/nbd0"
+  on_exit "nbd_detach_quietly /dev/nbd1"
+  NODE_B_EXTRA="nbd: {device: /dev/nbd1}" pair_up "$dir" 7411 7412 "nbd: {device: /dev/nbd0, connections: 2}"
+
+  hastnbd_ctl "$CONF" a role primary data || die "role primary on a (with nbd.device /dev/nbd0) failed"
+  # A daemon without the feature accepts nbd.device and ignores it: say so
+  # at once rather than after the wait for the device below.
+  [ "$(status_of "$CONF" a '"device" in s["nbd"]')" = True ] \
+    || die "this hastnbd has no .nbd.device in status --json: it does not attach nbd.device (feature missing from $HASTNBD_BIN)"
+  wait_for 60 "/dev/nbd0 to have $SIZE bytes" nbd_size_is /dev/nbd0 "$SIZE" \
+    || die "role primary did not attach /dev/nbd0 with $SIZE bytes (it has $(blockdev --getsize64 /dev/nbd0 2>&1))"
+  [ "$(blockdev --getsize64 /dev/nbd0)" = "$SIZE" ] || die "blockdev --getsize64 /dev/nbd0 is not $SIZE"
+  nbd_connected /dev/nbd0 || die "/dev/nbd0 has no server pid"
+  info="$(status_of "$CONF" a 'json.dumps(s["nbd"].get("device"))')" || die "status --json on a failed"
+  log "a: .nbd.device = $info; /sys/block/nbd0/backend: $(cat /sys/block/nbd0/backend 2>/dev/null || echo none)"
+  [ "$(status_of "$CONF" a 's["nbd"]["device"]["path"]')" = /dev/nbd0 ] || die ".nbd.device.path on a is not /dev/nbd0: $info"
+  device_attached "$CONF" a || die ".nbd.device.attached on a is not true: $info"
+  wait_pair_synced "$CONF"
+
+  fill_fs /dev/nbd0 "$T/mnt-a"
+  wait_in_sync "$CONF" a 120 || die "a not in sync after the writes"
+  # The daemon is the server: its death leaves the kernel with dead sockets.
+  kill_a "$CONF" /dev/nbd0 "$T/mnt-a"
+
+  hastnbd_ctl "$CONF" b role primary data || die "role primary on b (with nbd.device /dev/nbd1) failed"
+  wait_for 60 "/dev/nbd1 to have $SIZE bytes" nbd_size_is /dev/nbd1 "$SIZE" \
+    || die "role primary on b did not attach /dev/nbd1"
+  device_attached "$CONF" b || die ".nbd.device.attached on b is not true"
+  [ "$(status_of "$CONF" b 's["nbd"]["device"]["path"]')" = /dev/nbd1 ] || die ".nbd.device.path on b is not /dev/nbd1"
+  check_fs /dev/nbd1 "$T/mnt-b"
+  wait_dead_umount "$T/mnt-a"
+
+  # Demotion while the file system is mounted: refused, device untouched.
+  with_timeout 60 mount /dev/nbd1 "$T/mnt-b" || die "remount /dev/nbd1 failed"
+  if hastnbd_ctl "$CONF" b role secondary data >"$T/demote.out" 2>&1; then
+    cat "$T/demote.out" >&2
+    die "role secondary on b succeeded while /dev/nbd1 was mounted"
+  fi
+  log "role secondary refused while mounted: $(tr '\n' ' ' <"$T/demote.out")"
+  nbd_connected /dev/nbd1 || die "/dev/nbd1 was detached by a refused demotion"
+  [ "$(status_of "$CONF" b 's["role"]')" = primary ] || die "b is no longer primary after a refused demotion"
+  (cd "$T/mnt-b/d" && with_timeout 60 sha256sum --quiet -c "$T/files.sha256") \
+    || die "files unreadable after the refused demotion"
+  with_timeout 60 umount "$T/mnt-b" || die "umount /dev/nbd1 failed"
+
+  # Open by a process (not mounted): refused too.
+  # shellcheck disable=SC2217  # the open file descriptor is the point
+  sleep 300 </dev/nbd1 &
+  holder=$!
+  track_pid "$holder"
+  if hastnbd_ctl "$CONF" b role secondary data >"$T/demote.out" 2>&1; then
+    cat "$T/demote.out" >&2
+    die "role secondary on b succeeded while pid $holder held /dev/nbd1 open"
+  fi
+  log "role secondary refused while open: $(tr '\n' ' ' <"$T/demote.out")"
+  nbd_connected /dev/nbd1 || die "/dev/nbd1 was detached by a refused demotion"
+  kill "$holder"
+  wait "$holder" 2>/dev/null || true
+
+  # Unused: the demotion detaches the device cleanly.
+  hastnbd_ctl "$CONF" b role secondary data || die "role secondary on b failed with /dev/nbd1 unmounted"
+  wait_for 30 "/dev/nbd1 to disconnect" nbd_disconnected /dev/nbd1 \
+    || die "/dev/nbd1 still connected after role secondary"
+  wait_for 30 "/dev/nbd1 size 0" nbd_size_is /dev/nbd1 0 || die "/dev/nbd1 still has a size after role secondary"
+  [ "$(status_of "$CONF" b 's["role"]')" = secondary ] || die "b is not secondary"
+  ! device_attached "$CONF" b || die ".nbd.device.attached on b still true after role secondary"
+  nbd_detach_quietly /dev/nbd0
+  stop_daemon "${DAEMON_PIDS[b]}"
+  log "== part device passed in $((SECONDS - t0)) s"
+}
+
+for p in "${parts[@]}"; do
+  case "$p" in
+  client) part_client ;;
+  device) part_device ;;
+  *) die "unknown part $p" ;;
+  esac
+done
+touch "$T/passed"
+log "guest_t_kernel: ${parts[*]} passed"
