@@ -7,9 +7,11 @@ build="$(dirname "$HASTNBD_BIN")"
 DESTDIR="$T/root" cmake --install "$build" >"$T/install.log" 2>&1 || { cat "$T/install.log" >&2; die "cmake --install failed"; }
 for f in usr/local/sbin/hastnbd usr/local/sbin/hastnbd-ctl etc/hastnbd/hastnbd.yaml lib/systemd/system/hastnbd@.service \
   usr/local/share/doc/hastnbd/hastnbd.yaml.example usr/local/share/man/man8/hastnbd.8 \
-  usr/local/share/man/man8/hastnbd-ctl.8 usr/local/share/man/man5/hastnbd.yaml.5; do
+  usr/local/share/man/man8/hastnbd-ctl.8 usr/local/share/man/man5/hastnbd.yaml.5 \
+  usr/lib/ocf/resource.d/hastnbd/hastnbd; do
   [ -e "$T/root/$f" ] || die "install did not create /$f"
 done
+[ -x "$T/root/usr/lib/ocf/resource.d/hastnbd/hastnbd" ] || die "the OCF agent is not executable"
 # A second install keeps the admin's configuration.
 echo "# edited by the admin" >>"$T/root/etc/hastnbd/hastnbd.yaml"
 touch -d '2000-01-01' "$T/root/etc/hastnbd/hastnbd.yaml"
