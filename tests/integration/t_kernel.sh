@@ -7,10 +7,12 @@
 #   client: nbd-client -unix against hastnbd's NBD socket (/dev/nbd2, nbd3);
 #   device: nbd.device in the configuration, the daemon attaches /dev/nbd0 and
 #           /dev/nbd1 itself on `role primary` and detaches on `role secondary`
-#           (refused while mounted).
+#           (refused while mounted or open).
 # No KVM here: TCG, 10-30x slower than native, hence small disks and long
 # timeouts. The first run downloads and unpacks the kernel package into
 # /var/cache/hastnbd-kernel (about 15 s); later runs reuse it.
+# HASTNBD_KERNEL_TIMEOUT (default 480 s) bounds the VM; arguments (client,
+# device) pick the parts.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
