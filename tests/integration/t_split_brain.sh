@@ -140,10 +140,12 @@ _qemu_io "$(nbd_uri "$sock_b" data)" "read -P 0x11 0 $MIB" "read -P 0xbb $MIB $M
 log "both nodes keep serving their own data during the split-brain"
 
 # Recovery: b is the victim. It leaves primary (no clients), then discards.
+# Counted before: a may reconnect and start the recovery sync the moment the
+# discard returns.
+syncstarts0="$(grep -c '^syncstart ' "$T/hook-a.out" || true)"
 hastnbd_ctl "$conf" b role secondary data >/dev/null || { show_logs; die "role secondary on b failed"; }
 hastnbd_ctl "$conf" b discard-my-data data >/dev/null || { show_logs; die "discard-my-data on b failed"; }
 [ "$(field b '["metadata"]["fresh"]')" = True ] || die "b's metadata not fresh after discard-my-data"
-syncstarts0="$(grep -c '^syncstart ' "$T/hook-a.out" || true)"
 t0=$(date +%s)
 # The primary retries at most every 10 s.
 wait_peer_state "$conf" a connected 15 || { show_logs; die "a did not reconnect within 15 s of the discard"; }
