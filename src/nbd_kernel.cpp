@@ -97,8 +97,6 @@ Result<int> device_index(const std::string& path) {
   return n;
 }
 
-Status available() { return open_family().status(); }
-
 Status connect(const AttachParams& p) {
   auto fam = open_family();
   if (!fam.ok()) return fam.status();
@@ -124,11 +122,13 @@ Status connect(const AttachParams& p) {
   if (!ok) return Status::Error(ENOMEM, "netlink: message too large");
   const std::string dev = "/dev/nbd" + std::to_string(p.index);
   Status s = send(sock.get(), std::move(*msg), "attach " + dev);
-  if (s.code() == EBUSY)
+  if (s.code() == EBUSY) {
+    const std::string owner = backend(p.index);
     return Status::Error(EBUSY, "attach " + dev + ": the device is already connected" +
-                                    (backend(p.index).empty() ? "" : " to '" + backend(p.index) + "'") +
+                                    (owner.empty() ? "" : " to '" + owner + "'") +
                                     " (another hastnbd or nbd-client?); 'nbd-client -d " + dev +
                                     "' disconnects it, or configure another nbd.device");
+  }
   if (s.code() == EPERM)
     return Status::Error(EPERM, "attach " + dev + ": permission denied (the daemon needs CAP_SYS_ADMIN)");
   return s;

@@ -395,7 +395,7 @@ awaitable<void> Resource::attach_device() {
   const std::string backend = "hastnbd:" + config_.name + "@" + config_.node;
   // A daemon of this resource that died while attached leaves the device
   // connected to dead sockets; take it back if nobody uses it.
-  if (kernel_nbd::connected(*index) && kernel_nbd::backend(*index) == backend) {
+  if (kernel_nbd::backend(*index) == backend) {
     std::string users = co_await device_users();
     if (!users.empty())
       co_return fail(Status::Error(EBUSY, "still attached from an earlier run of this daemon and in use (" + users +

@@ -35,18 +35,17 @@ struct AttachParams {
   std::vector<int> fds;              // the kernel's socket ends; the caller closes them afterwards
 };
 
-// Is the "nbd" generic-netlink family there? The error says how to get it
-// (modprobe nbd) and that the Unix socket stays usable with nbd-client.
-Status available();
-
-// NBD_CMD_CONNECT. EBUSY when the device is already connected.
+// NBD_CMD_CONNECT. EBUSY when the device is already connected; ENOENT when
+// the "nbd" generic-netlink family is missing (the message says how to get
+// it, modprobe nbd, and that the Unix socket stays usable with nbd-client).
 Status connect(const AttachParams& p);
 // NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC on each connection, shuts
 // its ends, and fails whatever is still queued.
 Status disconnect(int index);
 
 // Whether /dev/nbdN is connected (to anybody), and what it says serves it
-// ("" when not connected or the kernel predates backend identifiers).
+// ("" when not connected or the kernel predates backend identifiers, so a
+// match with a non-empty identifier implies connected).
 bool connected(int index);
 std::string backend(int index);
 

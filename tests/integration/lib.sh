@@ -773,24 +773,26 @@ _veth_pair_up() {
   ip -n "$NS_A" link show "$VETH_A" | grep -q "LOWER_UP" && ip -n "$NS_B" link show "$VETH_B" | grep -q "LOWER_UP"
 }
 
-# start_daemon_ns NETNS CONF NODE RES: start_daemon, inside a network
-# namespace (`ip netns exec` execs, so the pid is the daemon's own).
-start_daemon_ns() {
-  _start_daemon_in "$@"
-}
-
-# start_pair CONF: metadata for both nodes, both daemons, b secondary, a
-# primary, the link up within 10 s and the initial full sync done. Sets PAIR_PID_A and PAIR_PID_B.
-start_pair() {
-  local conf="$1"
+# start_both CONF [NETNS_A NETNS_B]: metadata for nodes a and b of resource
+# data and both daemons (b first), in role init; each inside its network
+# namespace when given. Sets PAIR_PID_A and PAIR_PID_B.
+start_both() {
+  local conf="$1" ns_a="${2:-}" ns_b="${3:-}"
   create_resource "$conf" a data >/dev/null
   create_resource "$conf" b data >/dev/null
-  start_daemon "$conf" b data
+  _start_daemon_in "$ns_b" "$conf" b data
   # shellcheck disable=SC2034  # read by the tests
   PAIR_PID_B=$DAEMON_PID
-  start_daemon "$conf" a data
+  _start_daemon_in "$ns_a" "$conf" a data
   # shellcheck disable=SC2034  # read by the tests
   PAIR_PID_A=$DAEMON_PID
+}
+
+# start_pair CONF: start_both, then b secondary, a primary, the link up
+# within 10 s and the initial full sync done. Sets PAIR_PID_A and PAIR_PID_B.
+start_pair() {
+  local conf="$1"
+  start_both "$conf"
   hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on node b failed"
   make_primary "$conf" a data
   if ! wait_peer_state "$conf" a connected 10; then

@@ -25,12 +25,9 @@ conf="$dir/hastnbd.yaml"
 pa=$((20000 + RANDOM % 39999))
 pb=$((pa + 1))
 PAIR_KEEPDIRTY=$KEEPDIRTY PAIR_TIMEOUT=$TIMEOUT write_pair_config "$conf" "$IP_A:$pa" "$IP_B:$pb"
-create_resource "$conf" a data >/dev/null
-create_resource "$conf" b data >/dev/null
-start_daemon_ns "$NS_B" "$conf" b data
-pid_b=$DAEMON_PID
-start_daemon_ns "$NS_A" "$conf" a data
-pid_a=$DAEMON_PID
+start_both "$conf" "$NS_A" "$NS_B"
+pid_a=$PAIR_PID_A
+pid_b=$PAIR_PID_B
 hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary failed"
 make_primary "$conf" a data
 wait_peer_state "$conf" a connected 10 || { show_log "$(daemon_log a)"; die "no link over the veth within 10 s"; }

@@ -55,12 +55,9 @@ conf="$T/hastnbd.yaml"
 write_pair_config "$conf" "127.0.0.1:$pa" "127.0.0.1:$pb" "exec: $T/hook" "nbd: {device: /dev/nbd7}"
 # b keeps no device: a node section overrides the resource's.
 sed -i "s|^\(      b: {local: [^,]*\),|\1, nbd: {device: \"\"},|" "$conf"
-create_resource "$conf" a data >/dev/null
-create_resource "$conf" b data >/dev/null
-start_daemon "$conf" a data
-pid_a=$DAEMON_PID
-start_daemon "$conf" b data
-pid_b=$DAEMON_PID
+start_both "$conf"
+pid_a=$PAIR_PID_A
+pid_b=$PAIR_PID_B
 
 device_mask="$(cap_mask cap_sys_admin cap_sys_ptrace)"
 check_caps "$pid_a" "node a (nbd.device)" "$device_mask"

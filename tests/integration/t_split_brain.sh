@@ -52,12 +52,9 @@ field() {
   status_field "$conf" "$1" "$2"
 }
 
-create_resource "$conf" a data >/dev/null
-create_resource "$conf" b data >/dev/null
-start_daemon_ns "$NS_B" "$conf" b data
-pid_b=$DAEMON_PID
-start_daemon_ns "$NS_A" "$conf" a data
-pid_a=$DAEMON_PID
+start_both "$conf" "$NS_A" "$NS_B"
+pid_a=$PAIR_PID_A
+pid_b=$PAIR_PID_B
 hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on b failed"
 make_primary "$conf" a data
 wait_peer_state "$conf" a connected 10 || { show_logs; die "no link over the veth within 10 s"; }
