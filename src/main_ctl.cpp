@@ -19,12 +19,13 @@
 
 #include <unistd.h>
 
-#include "hastnbd/activemap.h"
-#include "hastnbd/config.h"
-#include "hastnbd/control.h"
-#include "hastnbd/metadata.h"
-#include "hastnbd/resource.h"
-#include "hastnbd/role.h"
+#include "hastnbd/disk/activemap.h"
+#include "hastnbd/config/config.h"
+#include "hastnbd/daemon/control.h"
+#include "hastnbd/disk/metadata.h"
+#include "hastnbd/daemon/resource.h"
+#include "hastnbd/base/role.h"
+#include "hastnbd/replication/transitions.h"
 
 namespace po = boost::program_options;
 using namespace hastnbd;
@@ -92,14 +93,8 @@ int cmd_create(const Ctx& c, const std::string& resource) {
   if (!size.ok()) return fail(size.status());
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(cfg->meta).parent_path(), ec);
-  MetaHeader h;
-  h.resource = cfg->name;
-  h.data_size = *size;
-  h.extent_size = cfg->extent_size;
-  h.keepdirty = cfg->keepdirty;
-  h.flags = kMetaFresh;
-  h.uuid = random_uuid();
-  h.created = uint64_t(std::time(nullptr));
+  const MetaHeader h =
+      meta::create(cfg->name, *size, cfg->extent_size, cfg->keepdirty, random_uuid(), uint64_t(std::time(nullptr)));
   if (Status s = MetadataFile::create(cfg->meta, h, c.force); !s.ok()) return fail(s);
   std::cout << "created " << cfg->meta << ": resource " << h.resource << ", " << human(h.data_size) << " in "
             << h.extents() << " extents of " << human(h.extent_size) << ", uuid " << h.uuid_string() << "\n";
@@ -309,11 +304,7 @@ int cmd_discard(const Ctx& c, const std::string& resource) {
     auto bm = (*meta)->bitmap();
     std::fill(bm.begin(), bm.end(), 0);
     if (Status s = (*meta)->sync_now(); !s.ok()) return fail(s);
-    MetaHeader h = (*meta)->header();
-    h.flags = kMetaFresh;
-    h.sync_direction = SyncDirection::kNone;
-    h.localcnt = h.remotecnt = 0;
-    if (Status s = (*meta)->write_header_now(h); !s.ok()) return fail(s);
+    if (Status s = (*meta)->write_header_now(meta::discard_my_data((*meta)->header())); !s.ok()) return fail(s);
   } else {
     return fail(reply.status());
   }
@@ -359,7 +350,7 @@ int cmd_dump(const Ctx& c, const std::string& resource) {
     json j = {{"path", cfg->meta},        {"resource", h.resource}, {"data_size", h.data_size},
               {"extent_size", h.extent_size}, {"extents", h.extents()}, {"keepdirty", h.keepdirty},
               {"uuid", h.uuid_string()},  {"localcnt", h.localcnt}, {"remotecnt", h.remotecnt},
-              {"fresh", (h.flags & kMetaFresh) != 0}, {"synchronising", (h.flags & kMetaSynchronising) != 0},
+              {"fresh", meta::is_fresh(h)}, {"synchronising", (h.flags & kMetaSynchronising) != 0},
               {"sequence", h.sequence},   {"dirty_extents", dirty}, {"dirty", json::array()}};
     for (auto [a, b] : runs) j["dirty"].push_back({a, b});
     std::cout << j.dump(2) << "\n";

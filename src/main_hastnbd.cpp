@@ -7,12 +7,12 @@
 #include <filesystem>
 #include <iostream>
 
-#include "hastnbd/config.h"
-#include "hastnbd/logging.h"
-#include "hastnbd/pidfile.h"
-#include "hastnbd/privileges.h"
-#include "hastnbd/resource.h"
-#include "hastnbd/sd_notify.h"
+#include "hastnbd/config/config.h"
+#include "hastnbd/base/logging.h"
+#include "hastnbd/daemon/pidfile.h"
+#include "hastnbd/daemon/privileges.h"
+#include "hastnbd/daemon/resource.h"
+#include "hastnbd/daemon/sd_notify.h"
 
 namespace po = boost::program_options;
 using namespace hastnbd;

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "hastnbd/config.h"
+#include "hastnbd/config/config.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "hastnbd/nbd_server.h"
+#include "hastnbd/nbd/server.h"
 
 using namespace hastnbd;
 

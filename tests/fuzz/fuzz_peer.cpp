@@ -14,7 +14,7 @@
 #include <span>
 #include <vector>
 
-#include "hastnbd/peer_proto.h"
+#include "hastnbd/peer/hello.h"
 
 using namespace hastnbd;
 using namespace hastnbd::peer;

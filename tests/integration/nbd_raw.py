@@ -14,7 +14,7 @@ nbd doc/proto.md): fixed newstyle handshake, NBD_OPT_GO with an
 NBD_INFO_BLOCK_SIZE request, simple replies only (no structured replies are
 negotiated, which is what the Linux kernel client does too).
 
-Expectations are hastnbd's (see /work/shared/GUIDE.md, "NBD"); where nbdkit, the
+Expectations are hastnbd's (docs/design.md, "NBD"); where nbdkit, the
 reference we validate against, differs, the scenario says so in a comment and
 the expectation is kept. Every socket operation has a timeout, every loop a
 bound, so a misbehaving server fails a test instead of hanging it.

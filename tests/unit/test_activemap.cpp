@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "hastnbd/activemap.h"
+#include "hastnbd/disk/activemap.h"
 
 using namespace hastnbd;
 

@@ -9,7 +9,7 @@
 #include <sstream>
 #include <string>
 
-#include "hastnbd/config.h"
+#include "hastnbd/config/config.h"
 
 using namespace hastnbd;
 

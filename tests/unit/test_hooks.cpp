@@ -13,7 +13,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "hastnbd/hooks.h"
+#include "hastnbd/daemon/hooks.h"
 
 using namespace hastnbd;
 using namespace std::chrono_literals;

@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "hastnbd/metadata.h"
+#include "hastnbd/disk/metadata.h"
 
 using namespace hastnbd;
 

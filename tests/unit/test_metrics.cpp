@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "hastnbd/metrics.h"
+#include "hastnbd/daemon/metrics.h"
 
 using namespace hastnbd;
 

@@ -1,40 +1,25 @@
 #include <catch2/catch.hpp>
 
-#include "hastnbd/nbd_proto.h"
+#include "hastnbd/nbd/protocol.h"
 
 using namespace hastnbd;
 using namespace hastnbd::nbd;
-
-TEST_CASE("big-endian helpers round trip", "[nbd]") {
-  uint8_t b[8];
-  put_u16(b, 0xBEEF);
-  CHECK(b[0] == 0xBE);
-  CHECK(get_u16(b) == 0xBEEF);
-  put_u32(b, 0x25609513);
-  CHECK(b[0] == 0x25);
-  CHECK(b[3] == 0x13);
-  CHECK(get_u32(b) == 0x25609513);
-  put_u64(b, 0x0102030405060708ULL);
-  CHECK(b[0] == 1);
-  CHECK(b[7] == 8);
-  CHECK(get_u64(b) == 0x0102030405060708ULL);
-}
 
 TEST_CASE("greeting is NBDMAGIC IHAVEOPT and fixed-newstyle flags", "[nbd]") {
   auto g = encode_greeting();
   REQUIRE(g.size() == 18);
   CHECK(std::string(g.begin(), g.begin() + 8) == "NBDMAGIC");
   CHECK(std::string(g.begin() + 8, g.begin() + 16) == "IHAVEOPT");
-  CHECK(get_u16(&g[16]) == (kFlagFixedNewstyle | kFlagNoZeroes));
+  CHECK(get_be16(&g[16]) == (kFlagFixedNewstyle | kFlagNoZeroes));
 }
 
 namespace {
 std::vector<uint8_t> go_payload(const std::string& name, std::vector<uint16_t> infos) {
   std::vector<uint8_t> p(4 + name.size() + 2 + 2 * infos.size());
-  put_u32(p.data(), uint32_t(name.size()));
+  put_be32(p.data(), uint32_t(name.size()));
   std::copy(name.begin(), name.end(), p.begin() + 4);
-  put_u16(p.data() + 4 + name.size(), uint16_t(infos.size()));
-  for (size_t i = 0; i < infos.size(); ++i) put_u16(p.data() + 6 + name.size() + 2 * i, infos[i]);
+  put_be16(p.data() + 4 + name.size(), uint16_t(infos.size()));
+  for (size_t i = 0; i < infos.size(); ++i) put_be16(p.data() + 6 + name.size() + 2 * i, infos[i]);
   return p;
 }
 }  // namespace
@@ -51,12 +36,12 @@ TEST_CASE("NBD_OPT_GO payload decoding", "[nbd]") {
 
   SECTION("name length beyond the payload") {
     auto p = go_payload("data", {});
-    put_u32(p.data(), 1000);
+    put_be32(p.data(), 1000);
     CHECK_FALSE(decode_go(p).ok());
   }
   SECTION("info count beyond the payload") {
     auto p = go_payload("data", {1});
-    put_u16(p.data() + 8, 5);
+    put_be16(p.data() + 8, 5);
     CHECK_FALSE(decode_go(p).ok());
   }
   SECTION("trailing garbage") {
@@ -77,25 +62,25 @@ TEST_CASE("NBD_OPT_GO payload decoding", "[nbd]") {
 TEST_CASE("option replies are framed with magic, option, type and length", "[nbd]") {
   auto r = encode_info_export(kOptGo, 1ull << 30, kTxHasFlags | kTxSendFlush);
   REQUIRE(r.size() == 20 + 12);
-  CHECK(get_u64(&r[0]) == kOptReplyMagic);
-  CHECK(get_u32(&r[8]) == kOptGo);
-  CHECK(get_u32(&r[12]) == kRepInfo);
-  CHECK(get_u32(&r[16]) == 12);
-  CHECK(get_u16(&r[20]) == kInfoExport);
-  CHECK(get_u64(&r[22]) == (1ull << 30));
-  CHECK(get_u16(&r[30]) == (kTxHasFlags | kTxSendFlush));
+  CHECK(get_be64(&r[0]) == kOptReplyMagic);
+  CHECK(get_be32(&r[8]) == kOptGo);
+  CHECK(get_be32(&r[12]) == kRepInfo);
+  CHECK(get_be32(&r[16]) == 12);
+  CHECK(get_be16(&r[20]) == kInfoExport);
+  CHECK(get_be64(&r[22]) == (1ull << 30));
+  CHECK(get_be16(&r[30]) == (kTxHasFlags | kTxSendFlush));
 
   auto bs = encode_info_block_size(kOptInfo, 512, 4096, kMaxPayload);
   REQUIRE(bs.size() == 20 + 14);
-  CHECK(get_u16(&bs[20]) == kInfoBlockSize);
-  CHECK(get_u32(&bs[22]) == 512);
-  CHECK(get_u32(&bs[26]) == 4096);
-  CHECK(get_u32(&bs[30]) == kMaxPayload);
+  CHECK(get_be16(&bs[20]) == kInfoBlockSize);
+  CHECK(get_be32(&bs[22]) == 512);
+  CHECK(get_be32(&bs[26]) == 4096);
+  CHECK(get_be32(&bs[30]) == kMaxPayload);
 
   auto l = encode_list_entry("data");
   REQUIRE(l.size() == 20 + 8);
-  CHECK(get_u32(&l[12]) == kRepServer);
-  CHECK(get_u32(&l[20]) == 4);
+  CHECK(get_be32(&l[12]) == kRepServer);
+  CHECK(get_be32(&l[20]) == 4);
 
   CHECK(encode_export_name_reply(512, 1, false).size() == 134);
   CHECK(encode_export_name_reply(512, 1, true).size() == 10);
@@ -103,12 +88,12 @@ TEST_CASE("option replies are framed with magic, option, type and length", "[nbd
 
 TEST_CASE("request decoding and simple reply encoding", "[nbd]") {
   std::array<uint8_t, kRequestSize> b{};
-  put_u32(&b[0], kRequestMagic);
-  put_u16(&b[4], kCmdFlagFua);
-  put_u16(&b[6], kCmdWrite);
-  put_u64(&b[8], 0xdeadbeefcafef00dULL);
-  put_u64(&b[16], 4096);
-  put_u32(&b[24], 512);
+  put_be32(&b[0], kRequestMagic);
+  put_be16(&b[4], kCmdFlagFua);
+  put_be16(&b[6], kCmdWrite);
+  put_be64(&b[8], 0xdeadbeefcafef00dULL);
+  put_be64(&b[16], 4096);
+  put_be32(&b[24], 512);
   Request r = decode_request(b);
   CHECK(r.magic == kRequestMagic);
   CHECK(r.flags == kCmdFlagFua);
@@ -119,9 +104,9 @@ TEST_CASE("request decoding and simple reply encoding", "[nbd]") {
 
   std::array<uint8_t, kSimpleReplySize> out{};
   encode_simple_reply(out, kEinval, r.handle);
-  CHECK(get_u32(&out[0]) == kSimpleReplyMagic);
-  CHECK(get_u32(&out[4]) == 22);
-  CHECK(get_u64(&out[8]) == r.handle);
+  CHECK(get_be32(&out[0]) == kSimpleReplyMagic);
+  CHECK(get_be32(&out[4]) == 22);
+  CHECK(get_be64(&out[8]) == r.handle);
 }
 
 TEST_CASE("request validation", "[nbd]") {

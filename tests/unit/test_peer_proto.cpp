@@ -5,7 +5,7 @@
 #include <cstring>
 #include <random>
 
-#include "hastnbd/peer_proto.h"
+#include "hastnbd/peer/hello.h"
 
 using namespace hastnbd;
 using namespace hastnbd::peer;

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <string>
 
-#include "hastnbd/pidfile.h"
+#include "hastnbd/daemon/pidfile.h"
 
 using namespace hastnbd;
 

@@ -1,8 +1,8 @@
 #include <catch2/catch.hpp>
 #include <linux/capability.h>
 
-#include "hastnbd/nbd_kernel.h"
-#include "hastnbd/privileges.h"
+#include "hastnbd/config/config.h"
+#include "hastnbd/daemon/privileges.h"
 
 using namespace hastnbd;
 
@@ -35,8 +35,8 @@ TEST_CASE("capabilities kept after start-up", "[privileges]") {
 }
 
 TEST_CASE("nbd device paths", "[privileges][nbd]") {
-  CHECK(*kernel_nbd::device_index("/dev/nbd0") == 0);
-  CHECK(*kernel_nbd::device_index("/dev/nbd15") == 15);
+  CHECK(*nbd_device_index("/dev/nbd0") == 0);
+  CHECK(*nbd_device_index("/dev/nbd15") == 15);
   for (const char* bad : {"/dev/nbd", "/dev/nbd0p1", "/dev/vdb", "/dev/nbdx", "nbd0", "/dev/nbd-1", "/dev/nbd1234567"})
-    CHECK(kernel_nbd::device_index(bad).status().code() == EINVAL);
+    CHECK(nbd_device_index(bad).status().code() == EINVAL);
 }

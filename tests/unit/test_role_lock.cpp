@@ -1,7 +1,7 @@
 #include <catch2/catch.hpp>
 
-#include "hastnbd/range_lock.h"
-#include "hastnbd/role.h"
+#include "hastnbd/base/range_lock.h"
+#include "hastnbd/daemon/role_change.h"
 
 using namespace hastnbd;
 

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "hastnbd/sync_decision.h"
+#include "hastnbd/replication/sync_decision.h"
 
 using namespace hastnbd;
 
@@ -46,7 +46,7 @@ TEST_CASE("sync decision: different resources are refused", "[sync]") {
   CHECK(d.refuse);
 }
 
-TEST_CASE("sync decision: the table of GUIDE §3", "[sync]") {
+TEST_CASE("sync decision: the table of docs/design.md", "[sync]") {
   // in step
   auto d = decide_sync(gen(7, 4, 2), gen(7, 2, 4));
   CHECK(d.kind == SyncKind::kInStep);

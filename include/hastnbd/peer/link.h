@@ -1,0 +1,111 @@
+// One TCP connection to the peer, carrying peer_proto frames in both
+// directions: a single reader (read_frame), a send queue drained by a writer
+// coroutine, keepalives after timeout/3 of silence on our side, and a
+// watchdog that closes the link when nothing arrives for `timeout`.
+// Used by both roles. Loop thread only; owners hold it by shared_ptr.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hastnbd/base/asio.h"
+#include "hastnbd/base/buffer.h"
+#include "hastnbd/peer/protocol.h"
+#include "hastnbd/base/status.h"
+
+namespace hastnbd {
+
+struct PeerStats {
+  uint64_t records_sent = 0;
+  uint64_t records_received = 0;
+  uint64_t bytes_sent = 0;          // on the wire, headers included
+  uint64_t bytes_received = 0;
+  uint64_t data_bytes_sent = 0;     // data before compression
+  uint64_t data_bytes_received = 0; // data after decompression (counted by the user)
+  void add(const PeerStats& o);
+};
+
+struct Frame {
+  peer::Header header;
+  Buffer payload;  // payload_length bytes as received (compressed or raw)
+};
+
+class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
+ public:
+  PeerConnection(asio::ip::tcp::socket socket, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
+  ~PeerConnection();
+
+  // Starts the writer, keepalive and watchdog.
+  void start();
+  // The next frame, validated (header checks only; payload checks are the
+  // caller's via peer::decode_payload). Fails when the link is closed or a
+  // frame is malformed (the link is then closed with that reason).
+  awaitable<Result<Frame>> read_frame();
+  // Queue a frame; payload_length and the checksum field come from `header`.
+  void send(const peer::Header& header, std::vector<uint8_t> payload = {}, uint64_t data_bytes = 0);
+  // The same with a pool buffer as the payload, sent without a copy.
+  void send(const peer::Header& header, Buffer payload, uint64_t data_bytes = 0);
+  // Queue a kError record about record `seq` (0: about the connection).
+  void send_error(uint64_t seq, const Status& status);
+  // Waits until the send queue is empty (or the link is closed).
+  awaitable<void> drain_sends();
+  void close(const std::string& reason);
+  // After the handshake the configured link timeout replaces the handshake's.
+  void set_timeout(std::chrono::seconds t) {
+    timeout_ = t;
+    // Both loops re-arm with the new period at once: a keepalive timer still
+    // running on the handshake's period would let the peer's watchdog fire.
+    keepalive_timer_.cancel();
+    watchdog_timer_.cancel();
+  }
+
+  bool is_open() const { return open_; }
+  const std::string& close_reason() const { return close_reason_; }
+  const std::string& peer() const { return peer_; }
+  const PeerStats& stats() const { return stats_; }
+  PeerStats& stats() { return stats_; }
+  uint64_t queued_bytes() const { return queued_bytes_; }
+  // Wakes when the link closes.
+  awaitable<void> wait_closed();
+
+ private:
+  struct Outgoing {
+    std::array<uint8_t, peer::kHeaderSize> header;
+    std::vector<uint8_t> payload;
+    Buffer buffer;  // the payload instead, when it came as a Buffer
+    std::span<const uint8_t> bytes() const {
+      return buffer ? std::span<const uint8_t>(buffer.span()) : std::span<const uint8_t>(payload);
+    }
+  };
+  awaitable<void> writer();
+  awaitable<void> keepalive();
+  awaitable<void> watchdog();
+
+  asio::ip::tcp::socket socket_;
+  BufferPool& pool_;
+  std::chrono::seconds timeout_;
+  std::string peer_;
+  std::deque<Outgoing> queue_;
+  uint64_t queued_bytes_ = 0;
+  AsyncCondition changed_;
+  asio::steady_timer keepalive_timer_;
+  asio::steady_timer watchdog_timer_;
+  std::chrono::steady_clock::time_point last_received_;
+  std::chrono::steady_clock::time_point last_sent_;
+  bool open_ = true;
+  bool writing_ = false;
+  std::string close_reason_;
+  PeerStats stats_;
+};
+
+// Connects to `address` within `timeout`, from `source` when given (bound
+// before connecting), TCP_NODELAY set.
+awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, const Address& address,
+                                                      std::chrono::seconds timeout,
+                                                      const std::optional<Address>& source = std::nullopt);
+
+}  // namespace hastnbd

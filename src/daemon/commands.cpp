@@ -1,0 +1,35 @@
+#include "hastnbd/daemon/commands.h"
+
+#include "hastnbd/daemon/control.h"
+#include "hastnbd/daemon/resource.h"
+
+namespace hastnbd {
+
+awaitable<nlohmann::json> handle_command(Resource& r, const nlohmann::json& request) {
+  const std::string cmd = request["cmd"];
+  if (cmd == "ping") co_return json{{"ok", true}};
+  if (cmd == "status") {
+    json s = r.status();
+    s["ok"] = true;
+    co_return s;
+  }
+  if (cmd == "role") {
+    const json& role_field = request.contains("role") ? request["role"] : json();
+    const json& force_field = request.contains("force") ? request["force"] : json(false);
+    auto role = parse_role(role_field.is_string() ? role_field.get<std::string>() : "");
+    if (!role) co_return control_error(Status::Error(EINVAL, "role must be init, secondary or primary"));
+    if (!force_field.is_boolean()) co_return control_error(Status::Error(EINVAL, "force must be true or false"));
+    Status s = co_await r.change_role(*role, force_field.get<bool>());
+    if (!s.ok()) co_return control_error(s);
+    co_return json{{"ok", true}, {"role", to_string(r.role())}, {"device", r.device_status()}};
+  }
+  if (cmd == "reload") co_return r.reload();
+  if (cmd == "discard-my-data") {
+    Status s = co_await r.discard_my_data();
+    if (!s.ok()) co_return control_error(s);
+    co_return json{{"ok", true}};
+  }
+  co_return control_error(Status::Error(EINVAL, "unknown command '" + cmd + "'"));
+}
+
+}  // namespace hastnbd

@@ -1,0 +1,297 @@
+#include "hastnbd/daemon/resource.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "hastnbd/daemon/commands.h"
+#include "hastnbd/daemon/role_change.h"
+#include "hastnbd/daemon/sd_notify.h"
+#include "hastnbd/replication/transitions.h"
+
+namespace hastnbd {
+
+namespace {
+
+Status make_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::Error(ec.value(), "cannot create directory " + dir + ": " + ec.message());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<uint64_t> resource_data_size(const ResourceConfig& config) {
+  asio::io_context io;
+  auto uring = Uring::create(io, 4);
+  if (!uring.ok()) return uring.status();
+  BufferPool pool;
+  auto disk = LocalDisk::open(io, **uring, pool, config.local, config.size);
+  if (!disk.ok()) return disk.status();
+  return (*disk)->size();
+}
+
+Resource::Resource(asio::io_context& io, ResourceConfig config) : io_(io), config_(std::move(config)) {}
+
+Resource::~Resource() = default;
+
+Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceConfig config) {
+  std::unique_ptr<Resource> r(new Resource(io, std::move(config)));
+  const ResourceConfig& c = r->config_;
+  if (Status s = make_dir(c.run_dir); !s.ok()) return s;
+  auto uring = Uring::create(io);
+  if (!uring.ok()) return uring.status();
+  r->uring_ = std::move(*uring);
+  auto meta = MetadataFile::open(c.meta, /*lock=*/true, /*writable=*/true);
+  if (!meta.ok()) return meta.status();
+  auto disk = LocalDisk::open(io, *r->uring_, r->pool_, c.local, c.size);
+  if (!disk.ok()) return disk.status();
+  r->disk_ = std::move(*disk);
+  if (Status s = (*meta)->check_matches(c.name, r->disk_->size(), c.extent_size); !s.ok()) return s;
+  if (MetaHeader h = meta::set_keepdirty((*meta)->header(), c.keepdirty); !(h == (*meta)->header()))
+    if (Status s = (*meta)->write_header_now(h); !s.ok()) return s;
+  r->store_ = std::make_unique<MetaStore>(io, *r->uring_, std::move(*meta), c.keepdirty);
+  r->hooks_ = std::make_unique<Hooks>(io, c.name, c.exec);
+  r->sync_target_ = std::make_unique<SyncTarget>(c, *r->store_, *r->hooks_);
+  if (c.remote)
+    r->replicator_ = std::make_unique<Replicator>(io, r->pool_, c, [raw = r.get()] { return raw->hello(); });
+  if (c.listen)
+    r->secondary_ = std::make_unique<Secondary>(io, r->pool_, c, *r->disk_, [raw = r.get()] { return raw->hello(); });
+  r->write_path_ = std::make_unique<WritePath>(io, *r->disk_, *r->store_, c, r->replicator_.get());
+  if (r->replicator_)
+    r->syncer_ = std::make_unique<Syncer>(io, r->pool_, c, *r->disk_, *r->store_, *r->write_path_, *r->replicator_);
+  r->nbd_ = std::make_unique<NbdServer>(io, r->pool_, *r->write_path_, c.name);
+  r->device_ = std::make_unique<KernelDevice>(io, c, *r->nbd_);
+  r->wire_peer_events();
+  r->started_ = r->role_since_ = std::chrono::system_clock::now();
+  const MetaHeader& h = r->store_->header();
+  spdlog::info("resource {}: node {}, local {} ({} bytes, O_DIRECT block {}), metadata {} (uuid {}, localcnt {}, "
+               "remotecnt {}, {} dirty extents{}{})",
+               c.name, c.node, c.local, r->disk_->size(), r->disk_->block_size(), c.meta, h.uuid_string(), h.localcnt,
+               h.remotecnt, r->store_->map().dirty_count(), meta::is_fresh(h) ? ", fresh" : "",
+               meta::is_sync_target(h)   ? ", target of an unfinished sync: inconsistent"
+               : meta::is_sync_source(h) ? ", source of an unfinished sync"
+                                         : "");
+  return r;
+}
+
+void Resource::wire_peer_events() {
+  if (replicator_) {
+    replicator_->on_hello = [this](const peer::Hello& theirs) {
+      return sync_target_->on_hello(theirs, role_, &plan_);
+    };
+    replicator_->on_connected = [this] {
+      write_path_->peer_connected();
+      hooks_->run("connect", {config_.peer_node});
+      syncer_->start(std::move(plan_));
+    };
+    replicator_->on_disconnected = [this](const std::string& why) {
+      syncer_->interrupt(why);
+      hooks_->run("disconnect", {config_.peer_node, why});
+    };
+    syncer_->on_start = [this](bool from_peer, uint64_t total) {
+      hooks_->run("syncstart", {from_peer ? "from-peer" : "to-peer", std::to_string(total)});
+    };
+    syncer_->on_done = [this] { hooks_->run("syncdone"); };
+    syncer_->on_interrupted = [this](const std::string& why) { hooks_->run("syncintr", {why}); };
+  }
+  if (secondary_) {
+    secondary_->on_hello = [this](const peer::Hello& theirs) {
+      return sync_target_->on_hello(theirs, role_, /*plan=*/nullptr);
+    };
+    secondary_->on_connected = [this] { hooks_->run("connect", {config_.peer_node}); };
+    secondary_->on_disconnected = [this](const std::string& why) {
+      sync_target_->secondary_disconnected(why);
+      hooks_->run("disconnect", {config_.peer_node, why});
+    };
+    secondary_->on_sync_done = [this](uint64_t localcnt) { return sync_target_->on_sync_done(localcnt); };
+    secondary_->on_resync_bytes = [this](uint64_t n) { sync_target_->add_resync_bytes(n); };
+  }
+}
+
+Status Resource::start() {
+  control_ = std::make_unique<ControlServer>(io_, [this](const json& req) { return handle_command(*this, req); });
+  if (Status s = control_->listen(config_.control_path()); !s.ok()) return s;
+  if (config_.metrics_listen) {
+    metrics_ = std::make_unique<MetricsServer>(io_, [this] { return prometheus_text(status(), nbd_->op_metrics()); });
+    if (Status s = metrics_->listen(*config_.metrics_listen); !s.ok()) return s;
+  }
+  spdlog::info("resource {}: role init; control socket {}", config_.name, config_.control_path());
+  hooks_->run("start");
+  return Status::Ok();
+}
+
+awaitable<Status> Resource::discard_my_data() {
+  if (role_ == Role::kPrimary)
+    co_return Status::Error(EBUSY, "discard-my-data is for the node whose data is to be replaced; this node is "
+                                   "primary: make it secondary (or init) first");
+  if (changing_role_) co_return Status::Error(EBUSY, "a role change is in progress");
+  changing_role_ = true;
+  const bool was_secondary = role_ == Role::kSecondary;
+  if (was_secondary) co_await secondary_->stop();
+  Status s = co_await sync_target_->discard_my_data();
+  if (was_secondary) {
+    Status r = secondary_->start();
+    if (!r.ok()) {
+      role_ = Role::kInit;
+      if (s.ok()) s = r;
+    }
+  }
+  changing_role_ = false;
+  co_return s;
+}
+
+json Resource::reload() {
+  sd::reloading();
+  auto next = load_resource_config(config_.config_path, config_.name, config_.node);
+  if (!next.ok()) {
+    spdlog::error("reload: {}; nothing changed", next.status().message());
+    sd::ready(std::string("role ") + to_string(role_) + "; the last reload failed: " + next.status().message());
+    return control_error(Status::Error(next.status().code(), next.status().message() + "; nothing changed"));
+  }
+  const std::optional<Address> remote = config_.remote, source = config_.source;
+  ReloadDiff d = apply_reload(config_, *next);
+  for (const std::string& line : d.applied) spdlog::info("reload: {}", line);
+  for (const std::string& line : d.refused) spdlog::warn("reload: not changed, needs a restart: {}", line);
+  if (d.applied.empty() && d.refused.empty()) spdlog::info("reload: {}: nothing changed", config_.config_path);
+  hooks_->set_program(config_.exec);
+  if (syncer_) syncer_->set_rate(config_.sync_rate);
+  if (secondary_) secondary_->reconfigure();
+  if (replicator_) replicator_->reconfigure(config_.remote != remote || config_.source != source);
+  hooks_->run("reload");
+  sd::ready(std::string("role ") + to_string(role_));
+  return json{{"ok", true}, {"applied", d.applied}, {"refused", d.refused}};
+}
+
+awaitable<Status> Resource::change_role(Role to, bool force) {
+  if (shutting_down_) co_return Status::Error(ESHUTDOWN, "hastnbd is shutting down");
+  if (changing_role_) co_return Status::Error(EBUSY, "a role change is already in progress");
+  const bool target = meta::is_sync_target(store_->header());
+  RoleContext ctx{nbd_->clients() - nbd_->kernel_clients(), /*secondary_available=*/secondary_ != nullptr, force,
+                  target};
+  if (role_ == Role::kPrimary && to != role_ && device_->attached()) {
+    changing_role_ = true;  // no other role change while we look
+    ctx.device_users = co_await device_->users();
+    changing_role_ = false;
+  }
+  if (Status s = check_role_change(role_, to, ctx); !s.ok()) co_return s;
+  if (to == role_) co_return Status::Ok();
+  changing_role_ = true;
+  const Role from = role_;
+  if (from == Role::kPrimary) {
+    if (!ctx.device_users.empty())
+      spdlog::warn("resource {}: --force: detaching {} while in use: {}", config_.name, config_.nbd.device,
+                   ctx.device_users);
+    co_await leave_primary();
+  }
+  if (from == Role::kSecondary) co_await secondary_->stop();
+  Status s;
+  if (to == Role::kPrimary && target) {
+    // Forced: the operator takes this node's data as it is.
+    s = co_await store_->update(meta::take_data_as_is);
+    spdlog::warn("resource {}: forced to primary while the target of an unfinished sync: its data may be "
+                 "inconsistent (run fsck)", config_.name);
+  }
+  if (s.ok() && to == Role::kPrimary) s = become_primary();
+  if (to == Role::kSecondary) s = secondary_->start();
+  changing_role_ = false;
+  if (!s.ok()) {
+    role_ = Role::kInit;
+    role_since_ = std::chrono::system_clock::now();
+    spdlog::error("resource {}: role {} failed: {}", config_.name, to_string(to), s.message());
+    co_return s;
+  }
+  role_ = to;
+  role_since_ = std::chrono::system_clock::now();
+  spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
+  sd::status(std::string("role ") + to_string(to));
+  if (to == Role::kPrimary && device_->configured()) co_await device_->attach(store_->header().data_size);
+  hooks_->run("role", {to_string(from), to_string(to)});
+  co_return Status::Ok();
+}
+
+Status Resource::become_primary() {
+  if (Status s = make_dir(std::filesystem::path(config_.nbd.socket).parent_path().string()); !s.ok()) return s;
+  if (Status s = nbd_->listen_unix(config_.nbd.socket); !s.ok()) return s;
+  if (config_.nbd.listen) {
+    if (Status s = nbd_->listen_tcp(*config_.nbd.listen); !s.ok()) {
+      nbd_->stop_listening();
+      return s;
+    }
+  }
+  sync_target_->clear_split_brain();
+  // A primary listens too, only to tell a peer that is also primary whether
+  // the two diverged (split-brain) and to refuse it either way.
+  if (secondary_) {
+    if (Status s = secondary_->start(/*as_primary=*/true); !s.ok()) {
+      nbd_->stop_listening();
+      return s;
+    }
+  }
+  if (replicator_) replicator_->start();
+  return Status::Ok();
+}
+
+awaitable<void> Resource::leave_primary() {
+  co_await device_->detach();
+  co_await nbd_->shutdown();
+  co_await write_path_->drain();
+  Status s = co_await write_path_->flush();
+  if (!s.ok()) spdlog::error("resource {}: flush on leaving primary: {}", config_.name, s.message());
+  if (syncer_) co_await syncer_->stop();
+  if (replicator_) co_await replicator_->stop();
+  if (secondary_) co_await secondary_->stop();
+  sync_target_->clear_split_brain();
+}
+
+peer::Hello Resource::hello() const {
+  const MetaHeader& h = store_->header();
+  peer::Hello hello;
+  hello.resource = config_.name;
+  hello.node = config_.node;
+  hello.role = uint8_t(role_);
+  hello.data_size = h.data_size;
+  hello.extent_size = h.extent_size;
+  hello.uuid = h.uuid;
+  hello.localcnt = h.localcnt;
+  hello.remotecnt = h.remotecnt;
+  hello.meta_flags = h.flags;
+  auto bm = store_->file().bitmap();
+  hello.dirty_map.assign(bm.begin(), bm.begin() + long((h.extents() + 7) / 8));
+  return hello;
+}
+
+awaitable<void> Resource::shutdown() {
+  shutting_down_ = true;
+  spdlog::info("resource {}: shutting down ({} NBD client(s), {} request(s) in flight)", config_.name,
+               nbd_->clients(), nbd_->requests_in_flight());
+  if (control_) control_->close();
+  if (metrics_) metrics_->stop();
+  if (device_->attached()) {
+    if (std::string users = co_await device_->users(); !users.empty())
+      spdlog::error("resource {}: stopping: detaching {} while in use ({}); its I/O fails from now on",
+                    config_.name, config_.nbd.device, users);
+    co_await device_->detach();
+  }
+  co_await nbd_->shutdown();
+  co_await write_path_->drain();
+  if (syncer_) co_await syncer_->stop();
+  if (replicator_) co_await replicator_->stop();
+  if (secondary_ && role_ != Role::kInit) co_await secondary_->stop();
+  if (Status s = co_await disk_->flush(); !s.ok()) spdlog::error("shutdown: {}", s.message());
+  if (Status s = co_await store_->bitmap_durable(); !s.ok()) spdlog::error("shutdown: {}", s.message());
+  spdlog::info("resource {}: stopped cleanly; {} dirty extents", config_.name, store_->map().dirty_count());
+  hooks_->run("stop");
+  co_await hooks_->drain();
+}
+
+StatusSources Resource::status_sources() const {
+  return StatusSources{config_,     role_,           role_since_,       started_,        *store_,
+                       *disk_,      *nbd_,           *write_path_,      replicator_.get(), secondary_.get(),
+                       syncer_.get(), *sync_target_, *hooks_,           *device_};
+}
+
+json Resource::status() const { return status_report(status_sources()); }
+
+}  // namespace hastnbd

@@ -1,0 +1,313 @@
+#include "hastnbd/replication/secondary.h"
+
+#include <spdlog/spdlog.h>
+
+#include "hastnbd/base/logging.h"
+
+#include "hastnbd/base/role.h"
+#include "hastnbd/peer/handshake.h"
+#include "hastnbd/base/net.h"
+
+namespace hastnbd {
+
+namespace {
+constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
+
+}  // namespace
+
+Secondary::Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
+                     std::function<peer::Hello()> hello)
+    : io_(io),
+      pool_(pool),
+      config_(config),
+      disk_(disk),
+      hello_(std::move(hello)),
+      order_(io.get_executor()),
+      changed_(io.get_executor()),
+      since_(std::chrono::system_clock::now()) {}
+
+Secondary::~Secondary() {
+  if (conn_) conn_->close("shutting down");
+}
+
+Status Secondary::start(bool as_primary) {
+  as_primary_ = as_primary;
+  if (!config_.listen) return Status::Error(EINVAL, "role secondary needs a 'listen' address for node " + config_.node);
+  auto acceptor = tcp_listen(io_, *config_.listen, "peer listener", /*backlog=*/8);
+  if (!acceptor.ok()) return acceptor.status();
+  acceptor_ = *acceptor;
+  since_ = std::chrono::system_clock::now();
+  asio::co_spawn(io_, accept_loop<asio::ip::tcp::acceptor>(acceptor_, "peer listener " + config_.listen->to_string(),
+                                                           [this](asio::ip::tcp::socket sock) {
+                                                             asio::co_spawn(io_, admit(std::move(sock)), asio::detached);
+                                                           }),
+                 asio::detached);
+  spdlog::info("peer: {} listening on {} for {}", as_primary ? "primary" : "secondary", config_.listen->to_string(),
+               config_.remote ? config_.remote->to_string() : std::string("any address"));
+  return Status::Ok();
+}
+
+awaitable<void> Secondary::stop() {
+  if (acceptor_) {
+    error_code ec;
+    acceptor_->close(ec);
+    acceptor_.reset();
+  }
+  if (conn_) conn_->close("this node left the secondary role");
+  while (applying_ > 0) co_await changed_.wait();
+  Status s = co_await disk_.flush();
+  if (!s.ok()) spdlog::error("peer: flush on leaving secondary: {}", s.message());
+}
+
+awaitable<bool> Secondary::from_configured_peer(const asio::ip::tcp::socket& socket) {
+  if (!config_.remote) co_return true;
+  error_code ec;
+  auto remote = socket.remote_endpoint(ec);
+  if (ec) co_return false;
+  asio::ip::tcp::resolver resolver(io_);
+  auto [rec, results] = co_await resolver.async_resolve(config_.remote->host, "0", use_nothrow);
+  if (rec) co_return false;
+  auto addr = remote.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped())
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  for (const auto& r : results)
+    if (r.endpoint().address() == addr) co_return true;
+  co_return false;
+}
+
+awaitable<void> Secondary::admit(asio::ip::tcp::socket sock) {
+  error_code ignored;
+  std::string who = remote_address(sock);
+  if (!co_await from_configured_peer(sock)) {
+    ++refused_;
+    spdlog::warn("peer: refused connection from {}: not the configured peer {}", who,
+                 config_.remote ? config_.remote->to_string() : std::string("?"));
+    sock.close(ignored);
+    co_return;
+  }
+  sock.set_option(asio::ip::tcp::no_delay(true), ignored);
+  co_await serve(std::move(sock), who);
+}
+
+void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
+  peer::Header h;
+  h.type = type;
+  h.seq = seq;
+  conn.send(h);
+}
+
+awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) {
+  auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
+  conn->start();
+  const peer::Hello ours = hello_();
+  peer::HelloResult theirs = co_await peer::receive_hello(*conn, ours, config_.peer_node, Role::kPrimary);
+  if (theirs.peer_gone) {
+    spdlog::warn("peer: connection from {} dropped during handshake: {}", who, theirs.hello.status().message());
+    co_return;
+  }
+  if (!theirs.hello.ok()) {
+    co_await refuse(conn, who, theirs.hello.status(), /*always_log=*/true);
+    co_return;
+  }
+  // Our HELLO goes first: the primary decides from the same two HELLOs.
+  peer::send_hello(*conn, ours);
+  Status s;
+  if (on_hello) s = co_await on_hello(*theirs.hello);
+  if (s.ok() && as_primary_) s = Status::Error(EBUSY, "both nodes are primary");
+  if (!s.ok()) {
+    co_await refuse(conn, who, s, /*always_log=*/false);
+    co_return;
+  }
+  if (conn_ && conn_->is_open()) {
+    spdlog::warn("peer: a new connection from the primary replaces the current one");
+    conn_->close("replaced by a new connection from the primary");
+  }
+  if (conn_) totals_.add(conn_->stats());
+  conn_ = conn;
+  ++connects_;
+  since_ = std::chrono::system_clock::now();
+  conn->set_timeout(std::chrono::seconds(config_.timeout));
+  spdlog::info("peer: primary {} connected from {}", config_.peer_node, who);
+  if (on_connected) on_connected();
+
+  const uint64_t size = disk_.size();
+  for (;;) {
+    auto f = co_await conn->read_frame();
+    if (!f.ok()) break;
+    const peer::Header& h = f->header;
+    switch (h.type) {
+      case peer::kKeepalive:
+        continue;
+      case peer::kWrite:
+      case peer::kTrim:
+      case peer::kWriteZeroes:
+      case peer::kFlush:
+      case peer::kSyncDone: {
+        const bool whole = h.type == peer::kFlush || h.type == peer::kSyncDone;
+        if (!whole && (h.offset > size || h.length > size - h.offset)) {
+          conn->send_error(h.seq, Status::Error(EINVAL, "record beyond the end of the device"));
+          continue;
+        }
+        if (h.flags & peer::kFlagWantReceived) reply(*conn, peer::kReceived, h.seq);
+        // The place in the FIFO is taken now, in arrival order.
+        auto ticket = whole ? order_.reserve(0, size, true) : order_.reserve(h.offset, h.offset + h.length, true);
+        ++applying_;
+        asio::co_spawn(io_, apply(conn, std::move(*f), ticket), asio::detached);
+        continue;
+      }
+      case peer::kRead:
+        if (h.offset > size || h.length > size - h.offset) {
+          conn->send_error(h.seq, Status::Error(EINVAL, "read beyond the end of the device"));
+          continue;
+        }
+        ++applying_;
+        asio::co_spawn(io_, read_for_peer(conn, h, order_.reserve(h.offset, h.offset + h.length, false)),
+                       asio::detached);
+        continue;
+      default:
+        conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the primary");
+        break;
+    }
+    break;
+  }
+  last_error_ = conn->close_reason();
+  spdlog::warn("peer: primary disconnected: {}", conn->close_reason());
+  if (on_disconnected) on_disconnected(conn->close_reason());
+}
+
+// A handshake refused: the reason goes to the peer and to the log (once per
+// cause when `always_log` is false: a primary retrying the same refusal).
+awaitable<void> Secondary::refuse(std::shared_ptr<PeerConnection> conn, const std::string& who, const Status& s,
+                                  bool always_log) {
+  ++refused_;
+  if (always_log || s.message() != last_error_)
+    spdlog::error("peer: refused the {} connection from {}: {}", as_primary_ ? "other primary's" : "primary's", who,
+                  s.message());
+  last_error_ = s.message();
+  co_await peer::refuse(*conn, s);
+  conn->close("handshake refused: " + s.message());
+}
+
+awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, RangeLock::Ticket ticket) {
+  auto guard = co_await order_.acquire(ticket);
+  const peer::Header& h = f.header;
+  Status s;
+  switch (h.type) {
+    case peer::kWrite: {
+      // A raw payload is the data: checked, then written from where it was
+      // received (pool buffers are aligned for O_DIRECT).
+      const bool raw = !(h.flags & (peer::kFlagLz4 | peer::kFlagHole));
+      Buffer data = raw ? Buffer() : pool_.get(h.length);
+      s = raw ? peer::verify_payload(h, f.payload.span()) : peer::decode_payload(h, f.payload.span(), data.span());
+      if (raw) data = std::move(f.payload);
+      if (!s.ok()) {
+        // Corruption in transit: nothing of this link can be trusted any more.
+        conn->close("record " + std::to_string(h.seq) + ": " + s.message());
+        break;
+      }
+      if (h.flags & peer::kFlagResync) resync_bytes_ += h.length;
+      else conn->stats().data_bytes_received += h.length;
+      // A copy of a hole stays a hole: a full sync of a sparse disk keeps
+      // the secondary's sparse too.
+      if ((h.flags & peer::kFlagResync) && (h.flags & peer::kFlagHole))
+        s = co_await disk_.write_zeroes(h.offset, h.length, /*may_unmap=*/true);
+      else
+        s = co_await disk_.write(h.offset, data);
+      if (s.ok() && (h.flags & peer::kFlagResync) && on_resync_bytes) on_resync_bytes(h.length);
+      break;
+    }
+    case peer::kTrim:
+      s = co_await disk_.trim(h.offset, h.length);
+      break;
+    case peer::kWriteZeroes:
+      s = co_await disk_.write_zeroes(h.offset, h.length, !(h.flags & peer::kFlagNoHole));
+      break;
+    case peer::kFlush:
+      s = co_await disk_.flush();
+      break;
+    case peer::kSyncDone: {
+      Status valid = peer::verify_payload(h, f.payload.span());
+      auto cnt = valid.ok() ? peer::decode_sync_done(f.payload.span()) : Result<uint64_t>(valid);
+      if (!cnt.ok()) {
+        conn->close(cnt.status().message());
+        break;
+      }
+      s = co_await disk_.flush();  // what the sync copied is durable before the counters say so
+      if (s.ok() && on_sync_done) s = co_await on_sync_done(*cnt);
+      break;
+    }
+  }
+  if (s.ok() && (h.flags & peer::kFlagFua)) s = co_await disk_.flush();
+  if (conn->is_open()) {
+    if (s.ok()) {
+      ++records_applied_;
+      reply(*conn, peer::kWritten, h.seq);
+    } else {
+      ++apply_errors_;
+      spdlog::error("peer: applying record {} ({} at {}+{}) failed: {}", h.seq, peer::type_name(h.type), h.offset,
+                    h.length, s.message());
+      conn->send_error(h.seq, s);
+    }
+  }
+  guard.release();
+  --applying_;
+  changed_.notify_all();
+}
+
+awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h,
+                                         RangeLock::Ticket ticket) {
+  Buffer data = pool_.get(h.length);
+  Status s;
+  {
+    auto guard = co_await order_.acquire(ticket);
+    s = co_await disk_.read(h.offset, data);
+  }
+  if (s.ok() && (h.flags & peer::kFlagResync)) {
+    resync_bytes_ += h.length;
+    if (on_resync_bytes) on_resync_bytes(h.length);
+  }
+  if (conn->is_open()) {
+    if (!s.ok()) {
+      conn->send_error(h.seq, s);
+    } else {
+      auto enc = peer::encode_payload(data.span(), config_.compression, config_.checksum);
+      peer::Header r;
+      r.type = peer::kReadReply;
+      r.flags = enc.flags | (h.flags & peer::kFlagResync);
+      r.seq = h.seq;
+      r.offset = h.offset;
+      r.length = h.length;
+      r.payload_length = uint32_t(enc.payload.size());
+      r.payload_checksum = enc.checksum;
+      conn->send(r, std::move(enc.payload), h.length);
+    }
+  }
+  --applying_;
+  changed_.notify_all();
+}
+
+nlohmann::json Secondary::status() const {
+  PeerStats s = totals_;
+  if (conn_) s.add(conn_->stats());
+  return {
+      {"state", to_string(state())},
+      {"since", iso_time(since_)},
+      {"node", config_.peer_node},
+      {"listen", config_.listen ? config_.listen->to_string() : ""},
+      {"remote", config_.remote ? config_.remote->to_string() : ""},
+      {"last_error", last_error_},
+      {"connects", connects_},
+      {"refused", refused_},
+      {"records_applied", records_applied_},
+      {"apply_errors", apply_errors_},
+      {"applying", applying_},
+      {"records_sent", s.records_sent},
+      {"records_received", s.records_received},
+      {"bytes_sent", s.bytes_sent},
+      {"bytes_received", s.bytes_received},
+      {"data_bytes_received", s.data_bytes_received},
+      {"resync_bytes", resync_bytes_},
+  };
+}
+
+}  // namespace hastnbd
