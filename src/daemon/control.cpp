@@ -27,12 +27,10 @@ Status ControlServer::listen(const std::string& path) {
   if (!acceptor.ok()) return acceptor.status();
   path_ = path;
   acceptor_ = *acceptor;
-  asio::co_spawn(io_, accept_loop<asio::local::stream_protocol::acceptor>(
-                          acceptor_, "control socket " + path,
-                          [this](asio::local::stream_protocol::socket sock) {
-                            asio::co_spawn(io_, serve(std::move(sock)), asio::detached);
-                          }),
-                 asio::detached);
+  start_accepting<asio::local::stream_protocol::acceptor>(io_, acceptor_, "control socket " + path,
+                                                          [this](asio::local::stream_protocol::socket sock) {
+                                                            asio::co_spawn(io_, serve(std::move(sock)), asio::detached);
+                                                          });
   return Status::Ok();
 }
 
@@ -51,8 +49,8 @@ awaitable<void> ControlServer::serve(asio::local::stream_protocol::socket socket
     if (!ec) socket.close(ec);
   });
   std::string line;
-  auto [ec, n] = co_await asio::async_read_until(socket, asio::dynamic_buffer(line, kMaxControlRequest), '\n',
-                                                 use_nothrow);
+  auto [ec, n] =
+      co_await asio::async_read_until(socket, asio::dynamic_buffer(line, kMaxControlRequest), '\n', use_nothrow);
   deadline.cancel();
   if (ec) co_return;
   json reply;
@@ -100,8 +98,8 @@ Result<json> control_call(const std::string& path, const json& request, int time
     auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (remaining.count() <= 0) {
       ::close(fd);
-      return Status::Error(ETIMEDOUT, "no reply from hastnbd at " + path + " within " +
-                                          std::to_string(timeout_ms / 1000) + " s");
+      return Status::Error(ETIMEDOUT,
+                           "no reply from hastnbd at " + path + " within " + std::to_string(timeout_ms / 1000) + " s");
     }
     pollfd pfd{fd, POLLIN, 0};
     int pr = ::poll(&pfd, 1, int(remaining.count()));

@@ -55,11 +55,10 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
   if (kernel_nbd::backend(index_) == backend) {
     std::string in_use = co_await users();
     if (!in_use.empty())
-      co_return failed(Status::Error(EBUSY, "still attached from an earlier run of this daemon and in use (" +
-                                                in_use + "): unmount it, then 'hastnbd-ctl role primary' again"));
+      co_return failed(Status::Error(EBUSY, "still attached from an earlier run of this daemon and in use (" + in_use +
+                                                "): unmount it, then 'hastnbd-ctl role primary' again"));
     spdlog::warn("resource {}: {} still attached from an earlier run; detaching it first", config_.name, path);
-    if (Status s = co_await blocking([i = index_] { return kernel_nbd::disconnect(i); }); !s.ok())
-      co_return failed(s);
+    if (Status s = co_await blocking([i = index_] { return kernel_nbd::disconnect(i); }); !s.ok()) co_return failed(s);
   }
   kernel_nbd::AttachParams p;
   p.index = index_;

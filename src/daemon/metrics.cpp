@@ -133,8 +133,7 @@ std::string prometheus_text(const nlohmann::json& st, const NbdOpMetrics& ops) {
   const nlohmann::json& writes = sub("writes");
   w.one("hastnbd_writes_in_flight", "gauge", "Writes not yet settled (locally and on the secondary).",
         num(writes, "in_flight"));
-  w.one("hastnbd_writes_degraded_total", "counter", "Writes completed without the secondary.",
-        num(writes, "degraded"));
+  w.one("hastnbd_writes_degraded_total", "counter", "Writes completed without the secondary.", num(writes, "degraded"));
   w.one("hastnbd_generation_bumps_total", "counter", "New data generations started by writing alone.",
         num(writes, "generation_bumps"));
   w.one("hastnbd_remote_reads_total", "counter", "Reads served by the secondary.", num(writes, "remote_reads"));
@@ -148,15 +147,13 @@ std::string prometheus_text(const nlohmann::json& st, const NbdOpMetrics& ops) {
           device.value("attached", false) ? 1 : 0);
   w.family("hastnbd_nbd_requests_total", "counter", "NBD requests handled, by operation.");
   for (size_t i = 0; i < ops.size(); ++i)
-    w.sample("hastnbd_nbd_requests_total", double(ops[i].requests),
-             std::string("op=\"") + to_string(NbdOp(i)) + "\"");
+    w.sample("hastnbd_nbd_requests_total", double(ops[i].requests), std::string("op=\"") + to_string(NbdOp(i)) + "\"");
   w.family("hastnbd_nbd_errors_total", "counter", "NBD requests answered with an error, by operation.");
   for (size_t i = 0; i < ops.size(); ++i)
     w.sample("hastnbd_nbd_errors_total", double(ops[i].errors), std::string("op=\"") + to_string(NbdOp(i)) + "\"");
   w.family("hastnbd_nbd_bytes_total", "counter", "Bytes read or written by NBD clients, by operation.");
   for (NbdOp op : {NbdOp::kRead, NbdOp::kWrite})
-    w.sample("hastnbd_nbd_bytes_total", double(ops[size_t(op)].bytes),
-             std::string("op=\"") + to_string(op) + "\"");
+    w.sample("hastnbd_nbd_bytes_total", double(ops[size_t(op)].bytes), std::string("op=\"") + to_string(op) + "\"");
   w.family("hastnbd_nbd_request_duration_seconds", "histogram",
            "Time from a request being received in full to its reply being queued, by operation.");
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -172,8 +169,7 @@ std::string prometheus_text(const nlohmann::json& st, const NbdOpMetrics& ops) {
 
   const nlohmann::json& hooks = sub("hooks");
   w.one("hastnbd_hooks_started_total", "counter", "Hook programs started.", num(hooks, "started"));
-  w.one("hastnbd_hooks_failed_total", "counter", "Hook programs that failed or could not start.",
-        num(hooks, "failed"));
+  w.one("hastnbd_hooks_failed_total", "counter", "Hook programs that failed or could not start.", num(hooks, "failed"));
   return w.take();
 }
 
@@ -187,11 +183,9 @@ Status MetricsServer::listen(const Address& address) {
   if (!acc.ok()) return acc.status();
   acceptor_ = *acc;
   spdlog::info("metrics: serving http://{}/metrics", address.to_string());
-  asio::co_spawn(io_, accept_loop<asio::ip::tcp::acceptor>(acceptor_, "metrics listener " + address.to_string(),
-                                                           [this](asio::ip::tcp::socket sock) {
-                                                             asio::co_spawn(io_, serve(std::move(sock)), asio::detached);
-                                                           }),
-                 asio::detached);
+  start_accepting<asio::ip::tcp::acceptor>(
+      io_, acceptor_, "metrics listener " + address.to_string(),
+      [this](asio::ip::tcp::socket sock) { asio::co_spawn(io_, serve(std::move(sock)), asio::detached); });
   return Status::Ok();
 }
 
@@ -211,8 +205,7 @@ awaitable<void> MetricsServer::serve(asio::ip::tcp::socket socket) {
     socket.close(ignored);
   });
   std::string head;
-  auto [ec, n] = co_await asio::async_read_until(socket, asio::dynamic_buffer(head, kMaxHead), "\r\n\r\n",
-                                                 use_nothrow);
+  auto [ec, n] = co_await asio::async_read_until(socket, asio::dynamic_buffer(head, kMaxHead), "\r\n\r\n", use_nothrow);
   deadline.cancel();
   if (ec) co_return;  // slow, oversized or gone: nothing to answer
   std::string status = "200 OK", type = "text/plain; version=0.0.4; charset=utf-8", body;

@@ -66,21 +66,20 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   r->wire_peer_events();
   r->started_ = r->role_since_ = std::chrono::system_clock::now();
   const MetaHeader& h = r->store_->header();
-  spdlog::info("resource {}: node {}, local {} ({} bytes, O_DIRECT block {}), metadata {} (uuid {}, localcnt {}, "
-               "remotecnt {}, {} dirty extents{}{})",
-               c.name, c.node, c.local, r->disk_->size(), r->disk_->block_size(), c.meta, h.uuid_string(), h.localcnt,
-               h.remotecnt, r->store_->map().dirty_count(), meta::is_fresh(h) ? ", fresh" : "",
-               meta::is_sync_target(h)   ? ", target of an unfinished sync: inconsistent"
-               : meta::is_sync_source(h) ? ", source of an unfinished sync"
-                                         : "");
+  spdlog::info(
+      "resource {}: node {}, local {} ({} bytes, O_DIRECT block {}), metadata {} (uuid {}, localcnt {}, "
+      "remotecnt {}, {} dirty extents{}{})",
+      c.name, c.node, c.local, r->disk_->size(), r->disk_->block_size(), c.meta, h.uuid_string(), h.localcnt,
+      h.remotecnt, r->store_->map().dirty_count(), meta::is_fresh(h) ? ", fresh" : "",
+      meta::is_sync_target(h)   ? ", target of an unfinished sync: inconsistent"
+      : meta::is_sync_source(h) ? ", source of an unfinished sync"
+                                : "");
   return r;
 }
 
 void Resource::wire_peer_events() {
   if (replicator_) {
-    replicator_->on_hello = [this](const peer::Hello& theirs) {
-      return sync_target_->on_hello(theirs, role_, &plan_);
-    };
+    replicator_->on_hello = [this](const peer::Hello& theirs) { return sync_target_->on_hello(theirs, role_, &plan_); };
     replicator_->on_connected = [this] {
       write_path_->peer_connected();
       hooks_->run("connect", {config_.peer_node});
@@ -124,8 +123,9 @@ Status Resource::start() {
 
 awaitable<Status> Resource::discard_my_data() {
   if (role_ == Role::kPrimary)
-    co_return Status::Error(EBUSY, "discard-my-data is for the node whose data is to be replaced; this node is "
-                                   "primary: make it secondary (or init) first");
+    co_return Status::Error(EBUSY,
+                            "discard-my-data is for the node whose data is to be replaced; this node is "
+                            "primary: make it secondary (or init) first");
   if (changing_role_) co_return Status::Error(EBUSY, "a role change is in progress");
   changing_role_ = true;
   const bool was_secondary = role_ == Role::kSecondary;
@@ -190,8 +190,10 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   if (to == Role::kPrimary && target) {
     // Forced: the operator takes this node's data as it is.
     s = co_await store_->update(meta::take_data_as_is);
-    spdlog::warn("resource {}: forced to primary while the target of an unfinished sync: its data may be "
-                 "inconsistent (run fsck)", config_.name);
+    spdlog::warn(
+        "resource {}: forced to primary while the target of an unfinished sync: its data may be "
+        "inconsistent (run fsck)",
+        config_.name);
   }
   if (s.ok() && to == Role::kPrimary) s = become_primary();
   if (to == Role::kSecondary) s = secondary_->start();
@@ -264,14 +266,14 @@ peer::Hello Resource::hello() const {
 
 awaitable<void> Resource::shutdown() {
   shutting_down_ = true;
-  spdlog::info("resource {}: shutting down ({} NBD client(s), {} request(s) in flight)", config_.name,
-               nbd_->clients(), nbd_->requests_in_flight());
+  spdlog::info("resource {}: shutting down ({} NBD client(s), {} request(s) in flight)", config_.name, nbd_->clients(),
+               nbd_->requests_in_flight());
   if (control_) control_->close();
   if (metrics_) metrics_->stop();
   if (device_->attached()) {
     if (std::string users = co_await device_->users(); !users.empty())
-      spdlog::error("resource {}: stopping: detaching {} while in use ({}); its I/O fails from now on",
-                    config_.name, config_.nbd.device, users);
+      spdlog::error("resource {}: stopping: detaching {} while in use ({}); its I/O fails from now on", config_.name,
+                    config_.nbd.device, users);
     co_await device_->detach();
   }
   co_await nbd_->shutdown();
@@ -287,9 +289,9 @@ awaitable<void> Resource::shutdown() {
 }
 
 StatusSources Resource::status_sources() const {
-  return StatusSources{config_,     role_,           role_since_,       started_,        *store_,
-                       *disk_,      *nbd_,           *write_path_,      replicator_.get(), secondary_.get(),
-                       syncer_.get(), *sync_target_, *hooks_,           *device_};
+  return StatusSources{config_,       role_,         role_since_,  started_,          *store_,
+                       *disk_,        *nbd_,         *write_path_, replicator_.get(), secondary_.get(),
+                       syncer_.get(), *sync_target_, *hooks_,      *device_};
 }
 
 json Resource::status() const { return status_report(status_sources()); }

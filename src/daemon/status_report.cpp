@@ -16,11 +16,14 @@ using json = nlohmann::json;
 json peer_section(const StatusSources& s) {
   const ResourceConfig& c = s.config;
   json p;
-  if (s.role == Role::kPrimary && s.replicator) p = s.replicator->status();
-  else if (s.role == Role::kSecondary && s.secondary) p = s.secondary->status();
-  else p = {{"state", (s.replicator || s.secondary) ? "disconnected" : "standalone"},
-            {"node", c.peer_node},
-            {"remote", c.remote ? c.remote->to_string() : ""}};
+  if (s.role == Role::kPrimary && s.replicator)
+    p = s.replicator->status();
+  else if (s.role == Role::kSecondary && s.secondary)
+    p = s.secondary->status();
+  else
+    p = {{"state", (s.replicator || s.secondary) ? "disconnected" : "standalone"},
+         {"node", c.peer_node},
+         {"remote", c.remote ? c.remote->to_string() : ""}};
   const bool split = s.sync_target.split_brain();
   p["split_brain"] = split;
   if (split) p["state"] = "split-brain";

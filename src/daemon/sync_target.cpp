@@ -59,8 +59,10 @@ awaitable<Status> SyncTarget::on_hello(const peer::Hello& theirs, Role role, Syn
     split_brain_ = false;
     spdlog::info("resource {}: no longer in split-brain with {}", config_.name, theirs.node);
   }
-  if (d.kind == SyncKind::kAnomaly) spdlog::warn("resource {}: {}", config_.name, d.reason);
-  else spdlog::info("resource {}: {} ({})", config_.name, to_string(d.kind), d.reason);
+  if (d.kind == SyncKind::kAnomaly)
+    spdlog::warn("resource {}: {}", config_.name, d.reason);
+  else
+    spdlog::info("resource {}: {} ({})", config_.name, to_string(d.kind), d.reason);
   if (!as_primary) co_return co_await prepare_as_target(theirs, d);
   *plan = SyncPlan{d.full, d.from_secondary, theirs.localcnt, theirs.dirty_map};
   // A primary about to receive the secondary's newer data is inconsistent
@@ -82,15 +84,16 @@ awaitable<Status> SyncTarget::prepare_as_target(const peer::Hello& theirs, const
     if (Status s = co_await store_.bitmap_durable(); !s.ok()) co_return s;
   }
   const uint64_t work = sync_work(store_.header(), store_.map(), theirs.dirty_map, d.full);
-  if (Status s = co_await store_.update([&](const MetaHeader& old) {
-        return meta::record_connect(old, d, /*as_primary=*/false, peer, work > 0);
-      });
+  if (Status s = co_await store_.update(
+          [&](const MetaHeader& old) { return meta::record_connect(old, d, /*as_primary=*/false, peer, work > 0); });
       !s.ok())
     co_return s;
   if (adopting)
     spdlog::info("resource {}: adopting the primary's resource uuid {}", config_.name, store_.header().uuid_string());
-  if (work > 0) progress_.begin(/*from_peer=*/!d.from_secondary, d.full, work);
-  else progress_ = SyncProgress{};
+  if (work > 0)
+    progress_.begin(/*from_peer=*/!d.from_secondary, d.full, work);
+  else
+    progress_ = SyncProgress{};
   co_return Status::Ok();
 }
 

@@ -10,7 +10,11 @@ namespace hastnbd {
 using namespace nbd_limits;
 
 NbdServer::NbdServer(asio::io_context& io, BufferPool& pool, BlockBackend& backend, std::string export_name)
-    : io_(io), pool_(pool), backend_(backend), export_name_(std::move(export_name)), connections_changed_(io.get_executor()) {}
+    : io_(io),
+      pool_(pool),
+      backend_(backend),
+      export_name_(std::move(export_name)),
+      connections_changed_(io.get_executor()) {}
 
 NbdServer::~NbdServer() { stop_listening(); }
 
@@ -21,12 +25,10 @@ Status NbdServer::listen_unix(const std::string& path) {
   if (!acceptor.ok()) return acceptor.status();
   unix_path_ = path;
   unix_acceptor_ = *acceptor;
-  asio::co_spawn(io_, accept_loop<asio::local::stream_protocol::acceptor>(
-                          unix_acceptor_, "nbd " + path,
-                          [this](asio::local::stream_protocol::socket sock) {
-                            serve_connection(asio::generic::stream_protocol::socket(std::move(sock)), "unix socket");
-                          }),
-                 asio::detached);
+  start_accepting<asio::local::stream_protocol::acceptor>(
+      io_, unix_acceptor_, "nbd " + path, [this](asio::local::stream_protocol::socket sock) {
+        serve_connection(asio::generic::stream_protocol::socket(std::move(sock)), "unix socket");
+      });
   spdlog::info("nbd: serving export '{}' on {}", export_name_, path);
   return Status::Ok();
 }
@@ -35,16 +37,13 @@ Status NbdServer::listen_tcp(const Address& address) {
   auto acceptor = tcp_listen(io_, address, "NBD listener");
   if (!acceptor.ok()) return acceptor.status();
   tcp_acceptor_ = *acceptor;
-  asio::co_spawn(io_, accept_loop<asio::ip::tcp::acceptor>(tcp_acceptor_, "nbd tcp " + address.to_string(),
-                                                           [this](asio::ip::tcp::socket sock) {
-                                                             error_code ignored;
-                                                             sock.set_option(asio::ip::tcp::no_delay(true), ignored);
-                                                             std::string peer = "tcp " + remote_address(sock);
-                                                             serve_connection(asio::generic::stream_protocol::socket(
-                                                                                  std::move(sock)),
-                                                                              peer);
-                                                           }),
-                 asio::detached);
+  start_accepting<asio::ip::tcp::acceptor>(
+      io_, tcp_acceptor_, "nbd tcp " + address.to_string(), [this](asio::ip::tcp::socket sock) {
+        error_code ignored;
+        sock.set_option(asio::ip::tcp::no_delay(true), ignored);
+        std::string peer = "tcp " + remote_address(sock);
+        serve_connection(asio::generic::stream_protocol::socket(std::move(sock)), peer);
+      });
   spdlog::info("nbd: serving export '{}' on tcp {}", export_name_, address.to_string());
   return Status::Ok();
 }
@@ -66,11 +65,14 @@ void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, 
   auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer), next_id_++, kernel);
   connections_.insert(conn);
   ++stats_.connections_total;
-  asio::co_spawn(io_, [this, conn]() -> awaitable<void> {
-    co_await conn->run();
-    connections_.erase(conn);
-    connections_changed_.notify_all();
-  }, asio::detached);
+  asio::co_spawn(
+      io_,
+      [this, conn]() -> awaitable<void> {
+        co_await conn->run();
+        connections_.erase(conn);
+        connections_changed_.notify_all();
+      },
+      asio::detached);
 }
 
 size_t NbdServer::kernel_clients() const {

@@ -21,8 +21,8 @@ awaitable<HelloResult> receive_hello(PeerConnection& conn, const Hello& ours, co
   }
   if (f->header.type == kError) {
     auto e = decode_error(f->payload.span());
-    r.hello = Status::Error(EPROTO, "peer refused the connection: " +
-                                        (e.ok() ? e->second : std::string("(unreadable error record)")));
+    r.hello = Status::Error(
+        EPROTO, "peer refused the connection: " + (e.ok() ? e->second : std::string("(unreadable error record)")));
     r.peer_gone = true;
     co_return r;
   }

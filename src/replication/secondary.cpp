@@ -4,9 +4,9 @@
 
 #include "hastnbd/base/logging.h"
 
+#include "hastnbd/base/net.h"
 #include "hastnbd/base/role.h"
 #include "hastnbd/peer/handshake.h"
-#include "hastnbd/base/net.h"
 
 namespace hastnbd {
 
@@ -37,11 +37,9 @@ Status Secondary::start(bool as_primary) {
   if (!acceptor.ok()) return acceptor.status();
   acceptor_ = *acceptor;
   since_ = std::chrono::system_clock::now();
-  asio::co_spawn(io_, accept_loop<asio::ip::tcp::acceptor>(acceptor_, "peer listener " + config_.listen->to_string(),
-                                                           [this](asio::ip::tcp::socket sock) {
-                                                             asio::co_spawn(io_, admit(std::move(sock)), asio::detached);
-                                                           }),
-                 asio::detached);
+  start_accepting<asio::ip::tcp::acceptor>(
+      io_, acceptor_, "peer listener " + config_.listen->to_string(),
+      [this](asio::ip::tcp::socket sock) { asio::co_spawn(io_, admit(std::move(sock)), asio::detached); });
   spdlog::info("peer: {} listening on {} for {}", as_primary ? "primary" : "secondary", config_.listen->to_string(),
                config_.remote ? config_.remote->to_string() : std::string("any address"));
   return Status::Ok();
@@ -68,8 +66,7 @@ awaitable<bool> Secondary::from_configured_peer(const asio::ip::tcp::socket& soc
   auto [rec, results] = co_await resolver.async_resolve(config_.remote->host, "0", use_nothrow);
   if (rec) co_return false;
   auto addr = remote.address();
-  if (addr.is_v6() && addr.to_v6().is_v4_mapped())
-    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
   for (const auto& r : results)
     if (r.endpoint().address() == addr) co_return true;
   co_return false;
@@ -136,8 +133,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
     if (!f.ok()) break;
     const peer::Header& h = f->header;
     switch (h.type) {
-      case peer::kKeepalive:
-        continue;
+      case peer::kKeepalive: continue;
       case peer::kWrite:
       case peer::kTrim:
       case peer::kWriteZeroes:
@@ -164,9 +160,7 @@ awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) 
         asio::co_spawn(io_, read_for_peer(conn, h, order_.reserve(h.offset, h.offset + h.length, false)),
                        asio::detached);
         continue;
-      default:
-        conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the primary");
-        break;
+      default: conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the primary"); break;
     }
     break;
   }
@@ -205,8 +199,10 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
         conn->close("record " + std::to_string(h.seq) + ": " + s.message());
         break;
       }
-      if (h.flags & peer::kFlagResync) resync_bytes_ += h.length;
-      else conn->stats().data_bytes_received += h.length;
+      if (h.flags & peer::kFlagResync)
+        resync_bytes_ += h.length;
+      else
+        conn->stats().data_bytes_received += h.length;
       // A copy of a hole stays a hole: a full sync of a sparse disk keeps
       // the secondary's sparse too.
       if ((h.flags & peer::kFlagResync) && (h.flags & peer::kFlagHole))
@@ -216,15 +212,9 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
       if (s.ok() && (h.flags & peer::kFlagResync) && on_resync_bytes) on_resync_bytes(h.length);
       break;
     }
-    case peer::kTrim:
-      s = co_await disk_.trim(h.offset, h.length);
-      break;
-    case peer::kWriteZeroes:
-      s = co_await disk_.write_zeroes(h.offset, h.length, !(h.flags & peer::kFlagNoHole));
-      break;
-    case peer::kFlush:
-      s = co_await disk_.flush();
-      break;
+    case peer::kTrim: s = co_await disk_.trim(h.offset, h.length); break;
+    case peer::kWriteZeroes: s = co_await disk_.write_zeroes(h.offset, h.length, !(h.flags & peer::kFlagNoHole)); break;
+    case peer::kFlush: s = co_await disk_.flush(); break;
     case peer::kSyncDone: {
       Status valid = peer::verify_payload(h, f.payload.span());
       auto cnt = valid.ok() ? peer::decode_sync_done(f.payload.span()) : Result<uint64_t>(valid);

@@ -11,12 +11,12 @@
 namespace hastnbd {
 
 namespace {
-constexpr uint64_t kChunk = 4u << 20;               // bytes per RESYNC record
-constexpr uint64_t kBytesInFlight = 32u << 20;      // copies outstanding at once
+constexpr uint64_t kChunk = 4u << 20;           // bytes per RESYNC record
+constexpr uint64_t kBytesInFlight = 32u << 20;  // copies outstanding at once
 }  // namespace
 
-Syncer::Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
-               MetaStore& store, WritePath& write_path, Replicator& replicator)
+Syncer::Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk, MetaStore& store,
+               WritePath& write_path, Replicator& replicator)
     : io_(io),
       pool_(pool),
       config_(config),
@@ -119,7 +119,8 @@ awaitable<Status> Syncer::finish(uint64_t peer_localcnt) {
   if (!rec) co_return Status::Error(ENOTCONN, "the link to the secondary went down");
   co_await rec->settled.wait();
   if (!rec->ok) co_return Status::Error(EIO, "SYNC_DONE: " + rec->error);
-  co_return co_await store_.update([peer_localcnt](const MetaHeader& h) { return meta::finish_sync(h, peer_localcnt); });
+  co_return co_await store_.update(
+      [peer_localcnt](const MetaHeader& h) { return meta::finish_sync(h, peer_localcnt); });
 }
 
 awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
@@ -171,15 +172,18 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
     if (!current(run_id)) break;
     ++copies_in_flight_;
     in_flight_.push_back(e);
-    asio::co_spawn(io_, [this, run_id, e, from_peer = plan.from_peer]() -> awaitable<void> {
-      Status copied = co_await copy_extent(run_id, e, from_peer);
-      // A copy that failed while the link is up stops this run; one that
-      // ended because the link went down needs no reason of its own.
-      if (!copied.ok() && current(run_id) && failure_.ok()) failure_ = copied;
-      --copies_in_flight_;
-      std::erase(in_flight_, e);
-      changed_.notify_all();
-    }, asio::detached);
+    asio::co_spawn(
+        io_,
+        [this, run_id, e, from_peer = plan.from_peer]() -> awaitable<void> {
+          Status copied = co_await copy_extent(run_id, e, from_peer);
+          // A copy that failed while the link is up stops this run; one that
+          // ended because the link went down needs no reason of its own.
+          if (!copied.ok() && current(run_id) && failure_.ok()) failure_ = copied;
+          --copies_in_flight_;
+          std::erase(in_flight_, e);
+          changed_.notify_all();
+        },
+        asio::detached);
   }
   while (copies_in_flight_ > 0) co_await changed_.wait();
   if (s.ok() && current(run_id) && failure_.ok() && map_.needs_sync_count() == 0) {

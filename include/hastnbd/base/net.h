@@ -81,4 +81,11 @@ awaitable<void> accept_loop(std::shared_ptr<Acceptor> acceptor, std::string what
   }
 }
 
+// Spawns accept_loop on `io`.
+template <class Acceptor>
+void start_accepting(asio::io_context& io, std::shared_ptr<Acceptor> acceptor, std::string what,
+                     std::function<void(typename Acceptor::protocol_type::socket)> on_accept) {
+  asio::co_spawn(io, accept_loop<Acceptor>(std::move(acceptor), std::move(what), std::move(on_accept)), asio::detached);
+}
+
 }  // namespace hastnbd

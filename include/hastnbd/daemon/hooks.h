@@ -66,7 +66,7 @@ class Hooks {
 };
 
 // argv for one run: {program, event, resource, args...}.
-std::vector<std::string> hook_argv(const std::string& program, const std::string& event,
-                                   const std::string& resource, const std::vector<std::string>& args);
+std::vector<std::string> hook_argv(const std::string& program, const std::string& event, const std::string& resource,
+                                   const std::vector<std::string>& args);
 
 }  // namespace hastnbd

@@ -14,9 +14,9 @@
 #include <string>
 
 #include "hastnbd/base/asio.h"
+#include "hastnbd/base/status.h"
 #include "hastnbd/config/config.h"
 #include "hastnbd/nbd/op_metrics.h"
-#include "hastnbd/base/status.h"
 
 namespace hastnbd {
 

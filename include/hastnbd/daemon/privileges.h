@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "hastnbd/config/config.h"
 #include "hastnbd/base/status.h"
+#include "hastnbd/config/config.h"
 
 namespace hastnbd {
 

@@ -85,10 +85,10 @@ class Resource {
   std::unique_ptr<WritePath> write_path_;
   std::unique_ptr<NbdServer> nbd_;
   std::unique_ptr<KernelDevice> device_;
-  std::unique_ptr<Syncer> syncer_;          // with replicator_
+  std::unique_ptr<Syncer> syncer_;  // with replicator_
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;  // with `metrics: {listen: ...}`
-  SyncPlan plan_;  // decided at the primary's last handshake, started when the link is up
+  SyncPlan plan_;                           // decided at the primary's last handshake, started when the link is up
   Role role_ = Role::kInit;
   std::chrono::system_clock::time_point role_since_;
   std::chrono::system_clock::time_point started_;

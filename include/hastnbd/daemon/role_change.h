@@ -12,11 +12,11 @@
 namespace hastnbd {
 
 struct RoleContext {
-  size_t nbd_clients = 0;        // clients attached to the export (not counting an attached /dev/nbdN)
+  size_t nbd_clients = 0;            // clients attached to the export (not counting an attached /dev/nbdN)
   bool secondary_available = false;  // this build can run the secondary role
   bool force = false;
-  bool sync_target = false;          // this node is the target of an unfinished sync: inconsistent data
-  std::string device_users;          // who uses the attached /dev/nbdN ("" = nobody, or none attached)
+  bool sync_target = false;  // this node is the target of an unfinished sync: inconsistent data
+  std::string device_users;  // who uses the attached /dev/nbdN ("" = nobody, or none attached)
 };
 
 // Ok if `from` -> `to` may proceed now (a change to the same role is a no-op
