@@ -92,22 +92,23 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
 }
 
 void PeerConnection::send(const peer::Header& header, std::vector<uint8_t> payload, uint64_t data_bytes) {
-  if (!open_) return;
-  Outgoing& o = queue_.emplace_back();
-  o.header = peer::encode_header(header);
+  Outgoing o;
   o.payload = std::move(payload);
-  queued_bytes_ += peer::kHeaderSize + o.payload.size();
-  stats_.data_bytes_sent += data_bytes;
-  changed_.notify_all();
+  enqueue(header, std::move(o), data_bytes);
 }
 
 void PeerConnection::send(const peer::Header& header, Buffer payload, uint64_t data_bytes) {
-  if (!open_) return;
-  Outgoing& o = queue_.emplace_back();
-  o.header = peer::encode_header(header);
+  Outgoing o;
   o.buffer = std::move(payload);
-  queued_bytes_ += peer::kHeaderSize + o.buffer.size();
+  enqueue(header, std::move(o), data_bytes);
+}
+
+void PeerConnection::enqueue(const peer::Header& header, Outgoing o, uint64_t data_bytes) {
+  if (!open_) return;
+  o.header = peer::encode_header(header);
+  queued_bytes_ += peer::kHeaderSize + o.bytes().size();
   stats_.data_bytes_sent += data_bytes;
+  queue_.push_back(std::move(o));
   changed_.notify_all();
 }
 

@@ -74,13 +74,14 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 
  private:
   struct Outgoing {
-    std::array<uint8_t, peer::kHeaderSize> header;
+    std::array<uint8_t, peer::kHeaderSize> header{};
     std::vector<uint8_t> payload;
     Buffer buffer;  // the payload instead, when it came as a Buffer
     std::span<const uint8_t> bytes() const {
       return buffer ? std::span<const uint8_t>(buffer.span()) : std::span<const uint8_t>(payload);
     }
   };
+  void enqueue(const peer::Header& header, Outgoing o, uint64_t data_bytes);
   awaitable<void> writer();
   awaitable<void> keepalive();
   awaitable<void> watchdog();
