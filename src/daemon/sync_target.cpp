@@ -64,7 +64,7 @@ awaitable<Status> SyncTarget::on_hello(const peer::Hello& theirs, Role role, Syn
   else
     spdlog::info("resource {}: {} ({})", config_.name, to_string(d.kind), d.reason);
   if (!as_primary) co_return co_await prepare_as_target(theirs, d);
-  *plan = SyncPlan{d.full, d.from_secondary, theirs.localcnt, theirs.dirty_map};
+  *plan = SyncPlan{d.full, d.from_secondary, meta::peer_localcnt_after_connect(d, ours, peer), theirs.dirty_map};
   // A primary about to receive the secondary's newer data is inconsistent
   // from now on: the header says so before the link carries a request.
   const bool work = d.from_secondary && sync_work(h, store_.map(), theirs.dirty_map, d.full) > 0;

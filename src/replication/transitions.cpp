@@ -32,6 +32,9 @@ MetaHeader record_connect(const MetaHeader& h, const SyncDecision& d, bool as_pr
                           bool work) {
   MetaHeader n = h;
   if (d.refuse) return n;
+  // A primary whose peer accepted it holds the pair's data from now on: it is
+  // no longer fresh, so an interrupted first sync can resume.
+  if (as_primary) n.flags &= ~uint32_t(kMetaFresh);
   if (!as_primary && d.full && !d.from_secondary) {
     // Everything here is about to be overwritten.
     n.uuid = peer.uuid;
@@ -43,6 +46,12 @@ MetaHeader record_connect(const MetaHeader& h, const SyncDecision& d, bool as_pr
   const bool receives = as_primary == d.from_secondary;
   if (receives && work) n = begin_sync(n, SyncDirection::kFromPeer);
   return n;
+}
+
+uint64_t peer_localcnt_after_connect(const SyncDecision& d, const Generation& primary, const Generation& secondary) {
+  // A full sync to the secondary made it take the primary's view of its
+  // generation (record_connect).
+  return d.full && !d.from_secondary ? primary.remotecnt : secondary.localcnt;
 }
 
 MetaHeader begin_sync(const MetaHeader& h, SyncDirection direction) {

@@ -10,7 +10,11 @@
 #     a file with an unknown key is refused with the list of the keys known
 #     at that place, asked at each level and inside every key that is a map;
 #   - every relative link in README.md and docs/*.md names an existing file,
-#     and every #anchor a heading of the file it points into.
+#     and every #anchor a heading of the file it points into;
+#   - docs/design.md's table "What each file owns" names every source file
+#     and header of src/ and include/hastnbd/ (as LAYER/NAME), its "Layout"
+#     table every layer folder, and docs/states.svg is what Graphviz renders
+#     from docs/states.dot.
 # Options in the pages must be written \- (ASCII hyphen-minus when rendered):
 # the pages are searched as rendered for UTF-8, where a bare - is a hyphen.
 source "$(dirname "$0")/lib.sh"
@@ -230,4 +234,44 @@ for b in bad:
 print(f"{len(files)} files checked", file=sys.stderr)
 sys.exit(1 if bad else 0)
 EOF
-log "t_docs: manual pages, --help, configuration keys and Markdown links agree"
+# --- the design document covers the tree -------------------------------------------------
+
+"$HASTNBD_PYTHON" - "$HASTNBD_SRC" <<'EOF' || die "docs/design.md does not cover the source tree (above)"
+import glob, os, re, sys
+src = sys.argv[1]
+with open(os.path.join(src, "docs", "design.md"), encoding="utf-8") as f:
+    design = f.read()
+def section(title):
+    m = re.search(r"^## " + re.escape(title) + r"\n(.*?)(?=^## |\Z)", design, re.S | re.M)
+    return m.group(1) if m else ""
+owns, layout = section("What each file owns"), section("Layout")
+missing = []
+layers = sorted(d for d in os.listdir(os.path.join(src, "src")) if os.path.isdir(os.path.join(src, "src", d)))
+for layer in layers:
+    if f"| `{layer}` |" not in layout:
+        missing.append(f"layer {layer}: no row in the Layout table")
+names = set()
+for path in glob.glob(os.path.join(src, "src", "*", "*.cpp")) + glob.glob(os.path.join(src, "include", "hastnbd", "*", "*.h")):
+    layer = os.path.basename(os.path.dirname(path))
+    names.add((f"{layer}/{os.path.splitext(os.path.basename(path))[0]}", os.path.relpath(path, src)))
+for path in glob.glob(os.path.join(src, "src", "*.cpp")):
+    names.add((os.path.basename(path), os.path.relpath(path, src)))
+for name, path in sorted(names):
+    stem = name.rsplit("/", 1)
+    # A row names "layer/stem" (with or without .h/.cpp), or a file private
+    # to a layer inside the row of its component ("`connection.cpp`").
+    if not re.search(r"`" + re.escape(name) + r"(\.h|\.cpp)?`", owns) and not (
+            len(stem) == 2 and re.search(r"`" + re.escape(stem[1]) + r"\.(cpp|h)`", owns)):
+        missing.append(f"{path}: not in the table 'What each file owns'")
+for m in missing:
+    print("  " + m, file=sys.stderr)
+print(f"{len(names)} files, {len(layers)} layers checked against docs/design.md", file=sys.stderr)
+sys.exit(1 if missing else 0)
+EOF
+
+require_cmd dot
+dot -Tsvg "$HASTNBD_SRC/docs/states.dot" -o "$T/states.svg" || die "dot cannot render docs/states.dot"
+cmp -s "$T/states.svg" "$HASTNBD_SRC/docs/states.svg" \
+  || die "docs/states.svg is not what docs/states.dot renders: run 'dot -Tsvg docs/states.dot -o docs/states.svg'"
+
+log "t_docs: manual pages, --help, configuration keys, Markdown links and the design document agree"

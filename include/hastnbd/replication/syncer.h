@@ -43,7 +43,7 @@ class WritePath;
 struct SyncPlan {
   bool full = false;
   bool from_peer = false;
-  uint64_t peer_localcnt = 0;
+  uint64_t peer_localcnt = 0;  // the secondary's localcnt as the connect left it: our remotecnt at the end
   std::vector<uint8_t> peer_map;  // the secondary's dirty bitmap from its HELLO
 };
 

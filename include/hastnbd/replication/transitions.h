@@ -33,10 +33,16 @@ MetaHeader start_generation(const MetaHeader& h);
 // node's generation as it sent it; `work` says whether anything is to be
 // copied. A full sync to this node makes it take the primary's identity and
 // its view of our generation (so an interrupted full sync resumes as an
-// ordinary one); a node that is to receive data is marked the target of an
-// unfinished sync (inconsistent) until finish_sync.
+// ordinary one); a primary the peer accepted is no longer fresh; a node that
+// is to receive data is marked the target of an unfinished sync
+// (inconsistent) until finish_sync.
 MetaHeader record_connect(const MetaHeader& h, const SyncDecision& d, bool as_primary, const Generation& peer,
                           bool work);
+
+// What the primary stores as remotecnt when the sync of decision `d`
+// finishes: the secondary's localcnt as that connect left it (record_connect
+// may have changed it), not the one its HELLO carried.
+uint64_t peer_localcnt_after_connect(const SyncDecision& d, const Generation& primary, const Generation& secondary);
 
 // The sync copying toward (kToPeer) or from (kFromPeer) the peer starts.
 MetaHeader begin_sync(const MetaHeader& h, SyncDirection direction);
