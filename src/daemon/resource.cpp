@@ -32,12 +32,13 @@ Result<uint64_t> resource_data_size(const ResourceConfig& config) {
   return (*disk)->size();
 }
 
-Resource::Resource(asio::io_context& io, ResourceConfig config) : io_(io), config_(std::move(config)) {}
+Resource::Resource(asio::io_context& io, ResourceConfig config, ResourceSeams seams)
+    : io_(io), config_(std::move(config)), seams_(std::move(seams)) {}
 
 Resource::~Resource() = default;
 
-Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceConfig config) {
-  std::unique_ptr<Resource> r(new Resource(io, std::move(config)));
+Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceConfig config, ResourceSeams seams) {
+  std::unique_ptr<Resource> r(new Resource(io, std::move(config), std::move(seams)));
   const ResourceConfig& c = r->config_;
   if (Status s = make_dir(c.run_dir); !s.ok()) return s;
   auto uring = Uring::create(io);
@@ -45,7 +46,14 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   r->uring_ = std::move(*uring);
   auto meta = MetadataFile::open(c.meta, /*lock=*/true, /*writable=*/true);
   if (!meta.ok()) return meta.status();
-  auto disk = LocalDisk::open(io, *r->uring_, r->pool_, c.local, c.size);
+  Result<std::unique_ptr<Disk>> disk = Status::Error(EINVAL, "no disk");
+  if (r->seams_.open_disk) {
+    disk = r->seams_.open_disk(io, *r->uring_, r->pool_, c);
+  } else if (auto local = LocalDisk::open(io, *r->uring_, r->pool_, c.local, c.size); local.ok()) {
+    disk = std::unique_ptr<Disk>(std::move(*local));
+  } else {
+    disk = local.status();
+  }
   if (!disk.ok()) return disk.status();
   r->disk_ = std::move(*disk);
   if (Status s = (*meta)->check_matches(c.name, r->disk_->size(), c.extent_size); !s.ok()) return s;
@@ -55,9 +63,11 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   r->hooks_ = std::make_unique<Hooks>(io, c.name, c.exec);
   r->sync_target_ = std::make_unique<SyncTarget>(c, *r->store_, *r->hooks_);
   if (c.remote)
-    r->replicator_ = std::make_unique<Replicator>(io, r->pool_, c, [raw = r.get()] { return raw->hello(); });
+    r->replicator_ = std::make_unique<Replicator>(
+        io, r->pool_, c, [raw = r.get()] { return raw->hello(); }, r->seams_.connect);
   if (c.listen)
-    r->secondary_ = std::make_unique<Secondary>(io, r->pool_, c, *r->disk_, [raw = r.get()] { return raw->hello(); });
+    r->secondary_ = std::make_unique<Secondary>(
+        io, r->pool_, c, *r->disk_, [raw = r.get()] { return raw->hello(); }, r->seams_.peer_listener);
   r->write_path_ = std::make_unique<WritePath>(io, *r->disk_, *r->store_, c, r->replicator_.get());
   if (r->replicator_)
     r->syncer_ = std::make_unique<Syncer>(io, r->pool_, c, *r->disk_, *r->store_, *r->write_path_, *r->replicator_);
@@ -107,6 +117,13 @@ void Resource::wire_peer_events() {
     secondary_->on_sync_done = [this](uint64_t localcnt) { return sync_target_->on_sync_done(localcnt); };
     secondary_->on_resync_bytes = [this](uint64_t n) { sync_target_->add_resync_bytes(n); };
   }
+}
+
+Status Resource::accept_peer(PeerConnection::Socket socket, std::string who) {
+  if (!secondary_ || role_ == Role::kInit || changing_role_)
+    return Status::Error(ECONNREFUSED, "resource " + config_.name + " is not listening for its peer");
+  secondary_->serve_connection(std::move(socket), std::move(who));
+  return Status::Ok();
 }
 
 Status Resource::start() {

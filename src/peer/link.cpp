@@ -17,7 +17,7 @@ void PeerStats::add(const PeerStats& o) {
   data_bytes_received += o.data_bytes_received;
 }
 
-PeerConnection::PeerConnection(asio::ip::tcp::socket socket, BufferPool& pool, std::chrono::seconds timeout,
+PeerConnection::PeerConnection(Socket socket, BufferPool& pool, std::chrono::seconds timeout,
                                std::string peer)
     : socket_(std::move(socket)),
       pool_(pool),
@@ -187,7 +187,7 @@ awaitable<void> PeerConnection::watchdog() {
   }
 }
 
-awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, const Address& address,
+awaitable<Result<PeerConnection::Socket>> peer_connect(asio::any_io_executor ex, const Address& address,
                                                       std::chrono::seconds timeout,
                                                       const std::optional<Address>& source) {
   asio::ip::tcp::resolver resolver(ex);
@@ -238,7 +238,7 @@ awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, 
   if (ec) co_return Status::Error(ec.value(), "connect to " + address.to_string() + ": " + ec.message());
   error_code ignored;
   socket.set_option(asio::ip::tcp::no_delay(true), ignored);
-  co_return std::move(socket);
+  co_return PeerConnection::Socket(std::move(socket));
 }
 
 }  // namespace hastnbd

@@ -27,11 +27,12 @@ const char* to_string(PeerState s) {
 }
 
 Replicator::Replicator(asio::io_context& io, BufferPool& pool, const ResourceConfig& config,
-                       std::function<peer::Hello()> hello)
+                       std::function<peer::Hello()> hello, PeerConnector connect)
     : io_(io),
       pool_(pool),
       config_(config),
       hello_(std::move(hello)),
+      connect_(std::move(connect)),
       state_since_(std::chrono::system_clock::now()),
       changed_(io.get_executor()),
       backoff_timer_(io),
@@ -263,8 +264,14 @@ awaitable<void> Replicator::run(uint64_t run_id) {
   auto current = [&] { return running_ && run_id == run_id_; };
   while (current()) {
     set_state(PeerState::kConnecting);
-    auto sock = co_await peer_connect(io_.get_executor(), *config_.remote, std::chrono::seconds(config_.timeout),
-                                    config_.source);
+    // The config is read at each attempt: a reload may change the address.
+    // (No co_await inside ?: : GCC 12 miscompiles it.)
+    Result<PeerConnection::Socket> sock = Status::Error(ENOTCONN, "not connected");
+    if (connect_)
+      sock = co_await connect_();
+    else
+      sock = co_await peer_connect(io_.get_executor(), *config_.remote, std::chrono::seconds(config_.timeout),
+                                   config_.source);
     Status s = sock.ok() ? Status::Ok() : sock.status();
     std::shared_ptr<PeerConnection> conn;
     if (s.ok() && current()) {

@@ -15,13 +15,14 @@ constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 
 }  // namespace
 
-Secondary::Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
-                     std::function<peer::Hello()> hello)
+Secondary::Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, Disk& disk,
+                     std::function<peer::Hello()> hello, bool tcp_listener)
     : io_(io),
       pool_(pool),
       config_(config),
       disk_(disk),
       hello_(std::move(hello)),
+      tcp_listener_(tcp_listener),
       order_(io.get_executor()),
       changed_(io.get_executor()),
       since_(std::chrono::system_clock::now()) {}
@@ -33,10 +34,11 @@ Secondary::~Secondary() {
 Status Secondary::start(bool as_primary) {
   as_primary_ = as_primary;
   if (!config_.listen) return Status::Error(EINVAL, "role secondary needs a 'listen' address for node " + config_.node);
+  since_ = std::chrono::system_clock::now();
+  if (!tcp_listener_) return Status::Ok();
   auto acceptor = tcp_listen(io_, *config_.listen, "peer listener", /*backlog=*/8);
   if (!acceptor.ok()) return acceptor.status();
   acceptor_ = *acceptor;
-  since_ = std::chrono::system_clock::now();
   start_accepting<asio::ip::tcp::acceptor>(
       io_, acceptor_, "peer listener " + config_.listen->to_string(),
       [this](asio::ip::tcp::socket sock) { asio::co_spawn(io_, admit(std::move(sock)), asio::detached); });
@@ -83,7 +85,11 @@ awaitable<void> Secondary::admit(asio::ip::tcp::socket sock) {
     co_return;
   }
   sock.set_option(asio::ip::tcp::no_delay(true), ignored);
-  co_await serve(std::move(sock), who);
+  co_await serve(PeerConnection::Socket(std::move(sock)), who);
+}
+
+void Secondary::serve_connection(PeerConnection::Socket socket, std::string who) {
+  asio::co_spawn(io_, serve(std::move(socket), std::move(who)), asio::detached);
 }
 
 void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
@@ -93,7 +99,7 @@ void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
   conn.send(h);
 }
 
-awaitable<void> Secondary::serve(asio::ip::tcp::socket socket, std::string who) {
+awaitable<void> Secondary::serve(PeerConnection::Socket socket, std::string who) {
   auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
   conn->start();
   const peer::Hello ours = hello_();

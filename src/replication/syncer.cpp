@@ -15,7 +15,7 @@ constexpr uint64_t kChunk = 4u << 20;           // bytes per RESYNC record
 constexpr uint64_t kBytesInFlight = 32u << 20;  // copies outstanding at once
 }  // namespace
 
-Syncer::Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk, MetaStore& store,
+Syncer::Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, Disk& disk, MetaStore& store,
                WritePath& write_path, Replicator& replicator)
     : io_(io),
       pool_(pool),

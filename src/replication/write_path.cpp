@@ -8,7 +8,7 @@
 
 namespace hastnbd {
 
-WritePath::WritePath(asio::io_context& io, LocalDisk& disk, MetaStore& store, const ResourceConfig& config,
+WritePath::WritePath(asio::io_context& io, Disk& disk, MetaStore& store, const ResourceConfig& config,
                      Replicator* replicator)
     : io_(io),
       disk_(disk),

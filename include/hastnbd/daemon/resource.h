@@ -16,6 +16,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,9 +43,22 @@
 
 namespace hastnbd {
 
+// Seams for running a resource in-process (the component tests, two nodes on
+// one io_context): where the local disk comes from and how the primary
+// reaches its peer. Empty members mean the daemon's own: LocalDisk on
+// `local`, TCP to `remote`. Without `peer_listener` the node binds no peer
+// port; its secondary side takes connections only through accept_peer().
+struct ResourceSeams {
+  std::function<Result<std::unique_ptr<Disk>>(asio::io_context&, Uring&, BufferPool&, const ResourceConfig&)>
+      open_disk;
+  PeerConnector connect;
+  bool peer_listener = true;
+};
+
 class Resource {
  public:
-  static Result<std::unique_ptr<Resource>> open(asio::io_context& io, ResourceConfig config);
+  static Result<std::unique_ptr<Resource>> open(asio::io_context& io, ResourceConfig config,
+                                                ResourceSeams seams = {});
   ~Resource();
 
   Status start();
@@ -64,8 +78,16 @@ class Resource {
   nlohmann::json device_status() const { return device_->status(); }
   Role role() const { return role_; }
 
+  // In-process use: the export the NBD server serves (valid in role
+  // primary), and a peer connection handed to the secondary's side as if it
+  // had come through the listener from the configured peer. Refused
+  // (ECONNREFUSED) where the listener would be closed: in role init, or
+  // without a `listen` address.
+  BlockBackend& backend() { return *write_path_; }
+  Status accept_peer(PeerConnection::Socket socket, std::string who);
+
  private:
-  Resource(asio::io_context& io, ResourceConfig config);
+  Resource(asio::io_context& io, ResourceConfig config, ResourceSeams seams);
   Status become_primary();
   awaitable<void> leave_primary();
   peer::Hello hello() const;
@@ -74,10 +96,11 @@ class Resource {
 
   asio::io_context& io_;
   ResourceConfig config_;
+  ResourceSeams seams_;
   BufferPool pool_;
   std::unique_ptr<Uring> uring_;
   std::unique_ptr<MetaStore> store_;
-  std::unique_ptr<LocalDisk> disk_;
+  std::unique_ptr<Disk> disk_;
   std::unique_ptr<Hooks> hooks_;
   std::unique_ptr<SyncTarget> sync_target_;
   std::unique_ptr<Replicator> replicator_;  // when the node has a `remote`

@@ -13,7 +13,7 @@
 #include "hastnbd/daemon/hooks.h"
 #include "hastnbd/daemon/kernel_device.h"
 #include "hastnbd/daemon/sync_target.h"
-#include "hastnbd/disk/local_disk.h"
+#include "hastnbd/disk/disk.h"
 #include "hastnbd/disk/meta_store.h"
 #include "hastnbd/nbd/server.h"
 #include "hastnbd/replication/replicator.h"
@@ -28,7 +28,7 @@ struct StatusSources {
   Role role;
   std::chrono::system_clock::time_point role_since, started;
   const MetaStore& store;
-  const LocalDisk& disk;
+  const Disk& disk;
   const NbdServer& nbd;
   const WritePath& write_path;
   const Replicator* replicator;  // null without a `remote`

@@ -17,34 +17,30 @@
 #include "hastnbd/base/buffer.h"
 #include "hastnbd/base/range_lock.h"
 #include "hastnbd/base/status.h"
+#include "hastnbd/disk/disk.h"
 #include "hastnbd/disk/uring.h"
 
 namespace hastnbd {
 
-class LocalDisk {
+class LocalDisk : public Disk {
  public:
   // Opens `path`; exported size is `size` if given (must fit the device),
   // otherwise the whole device or file. A block device is opened O_EXCL so a
   // mounted file system cannot be exported by mistake.
   static Result<std::unique_ptr<LocalDisk>> open(asio::io_context& io, Uring& uring, BufferPool& pool,
                                                  const std::string& path, std::optional<uint64_t> size);
-  ~LocalDisk();
+  ~LocalDisk() override;
 
-  uint64_t size() const { return size_; }
-  uint32_t block_size() const { return block_size_; }
-  bool is_block_device() const { return is_block_device_; }
-  const std::string& path() const { return path_; }
+  uint64_t size() const override { return size_; }
+  uint32_t block_size() const override { return block_size_; }
+  bool is_block_device() const override { return is_block_device_; }
+  const std::string& path() const override { return path_; }
 
-  // `out.size()` bytes at `offset` into `out` (an aligned pool buffer).
-  awaitable<Status> read(uint64_t offset, Buffer& out);
-  // `data.size()` bytes of `data` (an aligned pool buffer) at `offset`.
-  awaitable<Status> write(uint64_t offset, const Buffer& data);
-  // Everything completed so far is durable (fdatasync).
-  awaitable<Status> flush();
-  // Advisory discard: frees whole blocks inside the range; partial blocks are left.
-  awaitable<Status> trim(uint64_t offset, uint64_t length);
-  // The range reads back as zeroes afterwards; `may_unmap` allows a hole.
-  awaitable<Status> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap);
+  awaitable<Status> read(uint64_t offset, Buffer& out) override;
+  awaitable<Status> write(uint64_t offset, const Buffer& data) override;
+  awaitable<Status> flush() override;  // fdatasync
+  awaitable<Status> trim(uint64_t offset, uint64_t length) override;
+  awaitable<Status> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
 
   // Writes currently holding or waiting for the range lock.
   size_t writes_in_flight() const { return lock_.size(); }

@@ -1,4 +1,5 @@
-// One TCP connection to the peer, carrying peer_proto frames in both
+// One connection to the peer (TCP, or a socketpair in the component
+// tests), carrying peer/protocol frames in both
 // directions: a single reader (read_frame), a send queue drained by a writer
 // coroutine, keepalives after timeout/3 of silence on our side, and a
 // watchdog that closes the link when nothing arrives for `timeout`.
@@ -6,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -36,7 +38,8 @@ struct Frame {
 
 class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
  public:
-  PeerConnection(asio::ip::tcp::socket socket, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
+  using Socket = asio::generic::stream_protocol::socket;
+  PeerConnection(Socket socket, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
   ~PeerConnection();
 
   // Starts the writer, keepalive and watchdog.
@@ -86,7 +89,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<void> keepalive();
   awaitable<void> watchdog();
 
-  asio::ip::tcp::socket socket_;
+  Socket socket_;
   BufferPool& pool_;
   std::chrono::seconds timeout_;
   std::string peer_;
@@ -103,9 +106,14 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   PeerStats stats_;
 };
 
+// How the primary reaches its secondary: a connected stream socket, or why
+// not. peer_connect over TCP in the daemon; a socketpair in the component
+// tests.
+using PeerConnector = std::function<awaitable<Result<PeerConnection::Socket>>()>;
+
 // Connects to `address` within `timeout`, from `source` when given (bound
 // before connecting), TCP_NODELAY set.
-awaitable<Result<asio::ip::tcp::socket>> peer_connect(asio::any_io_executor ex, const Address& address,
+awaitable<Result<PeerConnection::Socket>> peer_connect(asio::any_io_executor ex, const Address& address,
                                                       std::chrono::seconds timeout,
                                                       const std::optional<Address>& source = std::nullopt);
 

@@ -46,9 +46,10 @@ struct Record {
 
 class Replicator {
  public:
-  // `hello` supplies what we tell the peer about ourselves at each connect.
+  // `hello` supplies what we tell the peer about ourselves at each connect;
+  // `connect` reaches the peer (default: TCP to config.remote from config.source).
   Replicator(asio::io_context& io, BufferPool& pool, const ResourceConfig& config,
-             std::function<peer::Hello()> hello);
+             std::function<peer::Hello()> hello, PeerConnector connect = {});
   ~Replicator();
 
   void start();            // connect and keep connected until stop()
@@ -102,6 +103,7 @@ class Replicator {
   BufferPool& pool_;
   const ResourceConfig& config_;
   std::function<peer::Hello()> hello_;
+  PeerConnector connect_;
   PeerState state_ = PeerState::kDisconnected;
   std::chrono::system_clock::time_point state_since_;
   std::string last_error_;

@@ -16,7 +16,7 @@
 #include "hastnbd/base/asio.h"
 #include "hastnbd/base/buffer.h"
 #include "hastnbd/config/config.h"
-#include "hastnbd/disk/local_disk.h"
+#include "hastnbd/disk/disk.h"
 #include "hastnbd/peer/link.h"
 #include "hastnbd/base/range_lock.h"
 #include "hastnbd/replication/replicator.h"
@@ -25,8 +25,10 @@ namespace hastnbd {
 
 class Secondary {
  public:
-  Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk,
-            std::function<peer::Hello()> hello);
+  // `tcp_listener` false: start() binds nothing, and connections come only
+  // through serve_connection (the component tests).
+  Secondary(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, Disk& disk,
+            std::function<peer::Hello()> hello, bool tcp_listener = true);
   ~Secondary();
 
   // Bind the listener. As a primary (`as_primary`), only to meet a peer that
@@ -34,6 +36,9 @@ class Secondary {
   // split-brain, and the peer is always refused.
   Status start(bool as_primary = false);
   awaitable<void> stop();  // close listener and link; wait for records being applied
+  // Serve a connection that did not come through the listener (its source
+  // already vouched for): the component tests' socketpairs. Needs start().
+  void serve_connection(PeerConnection::Socket socket, std::string who);
   // After a reload: the current link takes the new timeout.
   void reconfigure() {
     if (conn_) conn_->set_timeout(std::chrono::seconds(config_.timeout));
@@ -57,7 +62,7 @@ class Secondary {
  private:
   awaitable<void> admit(asio::ip::tcp::socket socket);  // source check, then serve()
   awaitable<bool> from_configured_peer(const asio::ip::tcp::socket& socket);
-  awaitable<void> serve(asio::ip::tcp::socket socket, std::string peer);
+  awaitable<void> serve(PeerConnection::Socket socket, std::string peer);
   awaitable<void> refuse(std::shared_ptr<PeerConnection> conn, const std::string& who, const Status& s,
                          bool always_log);
   awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
@@ -67,9 +72,10 @@ class Secondary {
   asio::io_context& io_;
   BufferPool& pool_;
   const ResourceConfig& config_;
-  LocalDisk& disk_;
+  Disk& disk_;
   std::function<peer::Hello()> hello_;
   std::shared_ptr<asio::ip::tcp::acceptor> acceptor_;
+  bool tcp_listener_;
   bool as_primary_ = false;
   std::shared_ptr<PeerConnection> conn_;
   RangeLock order_;

@@ -31,7 +31,7 @@
 #include "hastnbd/base/buffer.h"
 #include "hastnbd/base/status.h"
 #include "hastnbd/config/config.h"
-#include "hastnbd/disk/local_disk.h"
+#include "hastnbd/disk/disk.h"
 #include "hastnbd/disk/meta_store.h"
 #include "hastnbd/replication/replicator.h"
 #include "hastnbd/replication/sync_progress.h"
@@ -49,7 +49,7 @@ struct SyncPlan {
 
 class Syncer {
  public:
-  Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, LocalDisk& disk, MetaStore& store,
+  Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, Disk& disk, MetaStore& store,
          WritePath& write_path, Replicator& replicator);
 
   // The link came up with this plan: mark the work now (synchronously, before
@@ -81,7 +81,7 @@ class Syncer {
   asio::io_context& io_;
   BufferPool& pool_;
   const ResourceConfig& config_;
-  LocalDisk& disk_;
+  Disk& disk_;
   MetaStore& store_;
   ActiveMap& map_;
   WritePath& write_path_;

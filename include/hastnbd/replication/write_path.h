@@ -18,7 +18,7 @@
 
 #include "hastnbd/base/range_lock.h"
 #include "hastnbd/config/config.h"
-#include "hastnbd/disk/local_disk.h"
+#include "hastnbd/disk/disk.h"
 #include "hastnbd/disk/meta_store.h"
 #include "hastnbd/nbd/backend.h"
 #include "hastnbd/replication/replicator.h"
@@ -36,7 +36,7 @@ struct WritePathStats {
 class WritePath : public BlockBackend {
  public:
   // `replicator` may be null: a resource without a peer.
-  WritePath(asio::io_context& io, LocalDisk& disk, MetaStore& store, const ResourceConfig& config,
+  WritePath(asio::io_context& io, Disk& disk, MetaStore& store, const ResourceConfig& config,
             Replicator* replicator);
 
   uint64_t size() const override { return disk_.size(); }
@@ -77,7 +77,7 @@ class WritePath : public BlockBackend {
   bool inconsistent() const;
 
   asio::io_context& io_;
-  LocalDisk& disk_;
+  Disk& disk_;
   MetaStore& store_;
   ActiveMap& map_;
   const ResourceConfig& config_;
