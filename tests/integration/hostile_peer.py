@@ -18,7 +18,7 @@ Exits 0 when the daemon behaved as expected, 1 with "FAIL: ..." otherwise,
 2 for usage errors. Prints one JSON line describing what happened (e.g. the
 text of an ERROR record the daemon sent), which the shell test may inspect.
 
-Every byte follows docs/protocol.md and include/hastnbd/peer_proto.h: a
+Every byte follows docs/protocol.md and include/hastnbd/peer/protocol.h: a
 48-byte big-endian header (magic "HNBD", version 1, type, flags, seq,
 offset, length, payload_length, payload_checksum, header_checksum =
 XXH3-64 of bytes 0..39), then the payload. Python's stdlib has no XXH3, so

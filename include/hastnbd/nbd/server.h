@@ -46,7 +46,7 @@ class NbdServer {
   // Serve one already-connected socket (also how tests and the fuzzer feed
   // the server without a listener). `kernel`: the socket goes straight to the
   // transmission phase, for the kernel's end of a socketpair handed over by
-  // netlink (nbd_kernel.h), which negotiates nothing.
+  // netlink (nbd/kernel.h), which negotiates nothing.
   void serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel = false);
 
   size_t clients() const { return connections_.size(); }
