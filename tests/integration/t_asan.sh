@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The ASan+UBSan build of the daemon (build-asan/) under real clients and
+# The ASan+UBSan build of the daemon (build-san/) under real clients and
 # hostile input: any memory error, undefined behaviour or leak at exit makes
 # the daemon die or exit non-zero, which fails this test.
 source "$(dirname "$0")/lib.sh"
 require_root
 [ -n "${HASTNBD_ASAN_BIN:-}" ] && [ -x "$HASTNBD_ASAN_BIN/hastnbd" ] \
-  || die "no sanitizer build at HASTNBD_ASAN_BIN='${HASTNBD_ASAN_BIN:-}' (tools/build --asan)"
+  || die "no sanitizer build at HASTNBD_ASAN_BIN='${HASTNBD_ASAN_BIN:-}' (tools/build --san)"
 HASTNBD_BIN="$HASTNBD_ASAN_BIN"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=24"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The synchronisation paths under the ASan+UBSan build (build-asan/): the
+# The synchronisation paths under the ASan+UBSan build (build-san/): the
 # failover test (full sync, kill -9, promotion, resync to the returning
 # node) and the sync from the secondary (reads through it, interrupted and
 # resumed). A memory error or undefined behaviour kills a daemon
@@ -7,7 +7,7 @@
 # test it happens in.
 source "$(dirname "$0")/lib.sh"
 [ -n "${HASTNBD_ASAN_BIN:-}" ] && [ -x "$HASTNBD_ASAN_BIN/hastnbd" ] \
-  || die "no sanitizer build at HASTNBD_ASAN_BIN='${HASTNBD_ASAN_BIN:-}' (tools/build --asan)"
+  || die "no sanitizer build at HASTNBD_ASAN_BIN='${HASTNBD_ASAN_BIN:-}' (tools/build --san)"
 export HASTNBD_BIN="$HASTNBD_ASAN_BIN"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=24"
