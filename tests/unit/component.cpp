@@ -277,11 +277,11 @@ Status Pair::open(Node& n) {
   auto cfg = parse_resource_config(yaml(), "component.yaml", kResource, n.name);
   if (!cfg.ok()) return cfg.status();
   ResourceSeams seams;
-  seams.open_disk = [&n](asio::io_context& io, Uring& uring, BufferPool& pool,
+  seams.open_disk = [&n](asio::io_context& io, Uring& uring, BufferPool& node_pool,
                          const ResourceConfig& c) -> Result<std::unique_ptr<Disk>> {
-    auto local = LocalDisk::open(io, uring, pool, c.local, c.size);
+    auto local = LocalDisk::open(io, uring, node_pool, c.local, c.size);
     if (!local.ok()) return local.status();
-    auto disk = std::make_unique<FaultDisk>(io, pool, std::move(*local));
+    auto disk = std::make_unique<FaultDisk>(io, node_pool, std::move(*local));
     n.disk = disk.get();
     return std::unique_ptr<Disk>(std::move(disk));
   };
@@ -307,15 +307,15 @@ awaitable<void> Pair::close(Node& n) {
 }
 
 awaitable<Status> Pair::write(Node& p, uint64_t offset, std::vector<uint8_t> bytes, bool fua) {
-  Buffer b = pool.get(bytes.size());
-  std::memcpy(b.data(), bytes.data(), bytes.size());
-  co_return co_await p.r().backend().write(offset, b, fua);
+  Buffer buf = pool.get(bytes.size());
+  std::memcpy(buf.data(), bytes.data(), bytes.size());
+  co_return co_await p.r().backend().write(offset, buf, fua);
 }
 
 awaitable<Result<std::vector<uint8_t>>> Pair::read(Node& p, uint64_t offset, uint64_t length) {
-  Buffer b = pool.get(length);
-  if (Status s = co_await p.r().backend().read(offset, b); !s.ok()) co_return s;
-  co_return std::vector<uint8_t>(b.data(), b.data() + length);
+  Buffer buf = pool.get(length);
+  if (Status s = co_await p.r().backend().read(offset, buf); !s.ok()) co_return s;
+  co_return std::vector<uint8_t>(buf.data(), buf.data() + length);
 }
 
 awaitable<Status> Pair::flush(Node& p) { co_return co_await p.r().backend().flush(); }
