@@ -12,7 +12,7 @@ namespace {
 constexpr auto kFirstDelay = std::chrono::milliseconds(10);
 constexpr auto kMaxDelay = std::chrono::seconds(1);
 constexpr auto kOtherErrorDelay = std::chrono::milliseconds(100);
-constexpr auto kLogEvery = std::chrono::seconds(1);
+
 
 bool out_of_resources(const error_code& ec) {
   const int e = ec.value();
@@ -79,15 +79,9 @@ awaitable<void> AcceptBackoff::failed(const error_code& ec) {
     delay_ = std::clamp<std::chrono::milliseconds>(delay_ * 2, kFirstDelay, kMaxDelay);
     wait = delay_;
   }
-  const auto now = std::chrono::steady_clock::now();
-  if (now - last_log_ >= kLogEvery) {
-    spdlog::warn("{}: accept: {}{}; retrying in {} ms", what_, ec.message(),
-                 unlogged_ ? " (and " + std::to_string(unlogged_) + " more failures)" : std::string(), wait.count());
-    last_log_ = now;
-    unlogged_ = 0;
-  } else {
-    ++unlogged_;
-  }
+  if (log_.allow())
+    spdlog::warn("{}: accept: {}{}; retrying in {} ms", what_, ec.message(), log_.suppressed_note("failures"),
+                 wait.count());
   asio::steady_timer timer(co_await asio::this_coro::executor, wait);
   co_await timer.async_wait(use_nothrow);
 }

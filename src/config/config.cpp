@@ -31,7 +31,7 @@ struct Origin {
 // are applied on top of each other.
 struct Cascade {
   ResourceConfig cfg;
-  Origin listen, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile;
+  Origin listen, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile, auth, psk;
 };
 
 Origin origin_of(const Item& it) { return {it.key, it.line}; }
@@ -97,7 +97,11 @@ const Key kSettingKeys[] = {
     {"sync_rate", [](const Item& it, Cascade& c) { c.cfg.sync_rate = size_of(it); }},
     {"max_inflight", [](const Item& it, Cascade& c) { c.cfg.max_inflight = max_inflight_of(it); }},
     {"size", [](const Item& it, Cascade& c) { c.cfg.size = export_size_of(it); }},
-    {"psk", [](const Item& it, Cascade& c) { c.cfg.psk = scalar_of(it); }},
+    {"psk",
+     [](const Item& it, Cascade& c) {
+       c.cfg.psk = scalar_of(it);
+       c.psk = origin_of(it);
+     }},
     {"local",
      [](const Item& it, Cascade& c) {
        c.cfg.local = path_of(it);
@@ -125,6 +129,7 @@ const Key kSettingKeys[] = {
 };
 
 constexpr std::string_view kNodesKey = "nodes";
+
 
 // Paths derived from directories get the node section as their origin, under
 // the key they would have had if written out.

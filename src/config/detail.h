@@ -51,6 +51,10 @@ inline constexpr EnumName<Replication> kReplicationNames[] = {
 inline constexpr EnumName<Compression> kCompressionNames[] = {
     {"none", Compression::kNone}, {"hole", Compression::kHole}, {"lz4", Compression::kLz4}};
 inline constexpr EnumName<Checksum> kChecksumNames[] = {{"none", Checksum::kNone}, {"xxh3", Checksum::kXxh3}};
+inline constexpr EnumName<PeerAuth> kAuthNames[] = {{"psk", PeerAuth::kPsk}, {"none", PeerAuth::kNone}};
+// The shortest pre-shared key accepted (the key file hastnbd-ctl genkey
+// writes has 64 characters).
+inline constexpr size_t kMinKeyChars = 32;
 
 template <class E, size_t N>
 const char* enum_name(const EnumName<E> (&names)[N], E value) {

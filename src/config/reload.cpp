@@ -27,6 +27,13 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
   if (note(true, "max_inflight", std::to_string(cur.max_inflight), std::to_string(next.max_inflight)))
     cur.max_inflight = next.max_inflight;
   if (note(true, "source", opt_address(cur.source), opt_address(next.source))) cur.source = next.source;
+  // The peer key: the daemon re-reads it after the reload; the next connect uses it.
+  if (note(true, "auth", to_string(cur.auth), to_string(next.auth))) cur.auth = next.auth;
+  if (note(true, "psk_file", text(cur.psk_file), text(next.psk_file))) cur.psk_file = next.psk_file;
+  if (cur.psk != next.psk) {
+    d.applied.push_back("psk: changed (values not shown)");
+    cur.psk = next.psk;
+  }
   // A new address for the same peer; adding or removing the peer is a
   // different resource layout.
   if (note(bool(cur.remote) == bool(next.remote), "remote", opt_address(cur.remote), opt_address(next.remote)))
@@ -44,7 +51,6 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
   note(false, "run_dir", cur.run_dir, next.run_dir);
   note(false, "state_dir", cur.state_dir, next.state_dir);
   note(false, "pidfile", text(cur.pidfile), text(next.pidfile));
-  if (cur.psk != next.psk) d.refused.push_back("psk: changed (values not shown)");
   note(false, "nbd.socket", cur.nbd.socket, next.nbd.socket);
   note(false, "nbd.listen", opt_address(cur.nbd.listen), opt_address(next.nbd.listen));
   note(false, "nbd.device", text(cur.nbd.device), text(next.nbd.device));

@@ -114,6 +114,15 @@ HostKey host_key(const std::string& host) {
 using namespace cfg;
 
 const char* to_string(Replication r) { return enum_name(kReplicationNames, r); }
+const char* to_string(PeerAuth a) { return a == PeerAuth::kDefault ? "default" : enum_name(kAuthNames, a); }
+
+bool is_loopback_host(const std::string& host) {
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
+  return lower(host) == "localhost";
+}
 const char* to_string(Compression c) { return enum_name(kCompressionNames, c); }
 const char* to_string(Checksum c) { return enum_name(kChecksumNames, c); }
 

@@ -5,45 +5,13 @@
 
 #include "hastnbd/base/bytes.h"
 #include "hastnbd/base/role.h"
+#include "names.h"
 
 namespace hastnbd::peer {
 
 namespace {
 
-using Writer = bytes::BigWriter;
-using Reader = bytes::BigReader;
-
 std::string num(uint64_t v) { return std::to_string(v); }
-
-bool valid_name(const std::string& s) {
-  auto ok = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-           c == '-';
-  };
-  return !s.empty() && s.size() <= kMaxNameBytes && std::all_of(s.begin(), s.end(), ok);
-}
-
-// u16 length + bytes; the length is checked against `max` before anything is copied.
-std::string read_name(Reader& r, const char* what) {
-  uint16_t n = r.u16(what);
-  if (!r.ok()) return {};
-  if (n == 0 || n > kMaxNameBytes) {
-    r.fail(std::string(what) + " length " + num(n) + " outside 1.." + num(kMaxNameBytes));
-    return {};
-  }
-  std::string s(n, '\0');
-  r.bytes(s.data(), n, what);
-  if (r.ok() && !valid_name(s)) r.fail(std::string(what) + " is not a valid name (A-Z a-z 0-9 _ . -)");
-  return s;
-}
-
-void write_name(Writer& w, const std::string& s) {
-  // An over-long name is sent as is (length capped only so the field cannot
-  // wrap); the peer rejects it and says why.
-  size_t n = std::min<size_t>(s.size(), UINT16_MAX);
-  w.u16(uint16_t(n));
-  w.bytes(s.data(), n);
-}
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 

@@ -68,6 +68,12 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
     close("malformed frame from peer: " + h.status().message());
     co_return Status::Error(EPROTO, close_reason_);
   }
+  if (h->payload_length > max_payload_) {
+    close("record from peer too large here: " + std::string(peer::type_name(h->type)) + " payload " +
+          std::to_string(h->payload_length) + " bytes, at most " + std::to_string(max_payload_) +
+          (max_payload_ == peer::kMaxAuthPayload ? " before authentication" : ""));
+    co_return Status::Error(EMSGSIZE, close_reason_);
+  }
   Frame f{*h, Buffer()};
   if (h->payload_length > 0) {
     f.payload = pool_.get(h->payload_length);

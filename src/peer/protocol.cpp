@@ -76,12 +76,13 @@ uint16_t allowed_flags(uint8_t type) {
     case kReceived: case kWritten: case kKeepalive: return 0;
     case kRead: return kFlagResync;
     case kError: case kSyncDone: return kFlagChecksummed;
+    case kAuthHello: case kAuthChallenge: case kAuthProof: return kFlagChecksummed;
     case kReadReply: return kDataFlags | kFlagResync;
     default: return 0;
   }
 }
 
-bool known_type(uint8_t type) { return type >= kHello && type <= kSyncDone; }
+bool known_type(uint8_t type) { return type >= kHello && type <= kAuthProof; }
 
 Status bad(const std::string& type_prefix, const std::string& what) {
   return Status::Error(EINVAL, type_prefix + what);
@@ -158,6 +159,13 @@ Status check_type_rules(const Header& h) {
       if (h.payload_length != kSyncDonePayload)
         return bad(t, "payload_length " + num(h.payload_length) + " must be " + num(kSyncDonePayload));
       return Status::Ok();
+    case kAuthHello:
+    case kAuthChallenge:
+    case kAuthProof:
+      if (!(st = check_no_range(h, t)).ok()) return st;
+      if (h.payload_length == 0 || h.payload_length > kMaxAuthPayload)
+        return bad(t, "payload_length " + num(h.payload_length) + " outside 1.." + num(kMaxAuthPayload));
+      return Status::Ok();
     case kError:
       if (!(st = check_no_range(h, t)).ok()) return st;
       if (h.payload_length < kErrorCodeBytes || h.payload_length > kErrorCodeBytes + kMaxErrorMessage)
@@ -191,6 +199,9 @@ const char* type_name(uint8_t type) {
     case kRead: return "READ";
     case kReadReply: return "READ_REPLY";
     case kSyncDone: return "SYNC_DONE";
+    case kAuthHello: return "AUTH_HELLO";
+    case kAuthChallenge: return "AUTH_CHALLENGE";
+    case kAuthProof: return "AUTH_PROOF";
     default: return "UNKNOWN";
   }
 }

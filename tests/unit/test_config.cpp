@@ -1,6 +1,7 @@
 // Config parsing: the cascade, every validation error with its file:line:key,
 // the cross-checks, and the shipped example file.
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -1029,4 +1030,49 @@ TEST_CASE("config: metrics listener", "[config]") {
   ResourceConfig running = parse_ok(kMinimal);
   ReloadDiff d = apply_reload(running, parse_ok(with_resource_line("metrics: {listen: \"127.0.0.1:9917\"}")));
   CHECK(d.refused == std::vector<std::string>{"metrics.listen: (none) -> 127.0.0.1:9917"});
+}
+
+TEST_CASE("config: the peer key file: written 0600, read back, refused when others may read it", "[config][key]") {
+  std::string dir = (std::filesystem::current_path() / "key.XXXXXX").string();
+  REQUIRE(::mkdtemp(dir.data()) != nullptr);
+  const std::string path = dir + "/data.key";
+  REQUIRE(write_new_key_file(path).ok());
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(write_new_key_file(path).code() == EEXIST);  // never replaced
+
+  ResourceConfig c;
+  c.name = "data";
+  c.psk_file = path;
+  auto key = load_peer_key(c);
+  INFO(key.status().message());
+  REQUIRE(key.ok());
+  CHECK(key->size() == 64);  // the hex digits, without the newline
+  ResourceConfig d = c;
+  d.psk_file = dir + "/other.key";
+  REQUIRE(write_new_key_file(d.psk_file).ok());
+  CHECK(*load_peer_key(d) != *key);
+
+  REQUIRE(::chmod(path.c_str(), 0640) == 0);
+  auto open = load_peer_key(c);
+  REQUIRE_FALSE(open.ok());
+  CHECK_THAT(open.status().message(), Catch::Contains("mode 0640") && Catch::Contains("chmod 600"));
+
+  REQUIRE(::chmod(path.c_str(), 0600) == 0);
+  { std::ofstream(path, std::ios::trunc) << "short\n"; }
+  CHECK_THAT(load_peer_key(c).status().message(), Catch::Contains("at least 32"));
+  c.psk_file = dir + "/missing.key";
+  CHECK_THAT(load_peer_key(c).status().message(), Catch::Contains("hastnbd-ctl genkey"));
+  c.auth = PeerAuth::kNone;
+  CHECK(load_peer_key(c)->empty());
+
+  CHECK(is_loopback_host("127.0.0.1"));
+  CHECK(is_loopback_host("127.3.2.1"));
+  CHECK(is_loopback_host("::1"));
+  CHECK(is_loopback_host("LocalHost"));
+  CHECK_FALSE(is_loopback_host("0.0.0.0"));
+  CHECK_FALSE(is_loopback_host("192.0.2.1"));
+  CHECK_FALSE(is_loopback_host("::"));
+  std::filesystem::remove_all(dir);
 }

@@ -245,7 +245,7 @@ TEST_CASE("header framing rejections: magic, version, checksum, type, flags", "[
   CHECK_THAT(r.status().message(), Catch::Contains("header checksum mismatch"));
 
   CHECK_THAT(rejection(bare(0)), Catch::Contains("unknown record type 0"));
-  CHECK_THAT(rejection(bare(13)), Catch::Contains("unknown record type 13"));
+  CHECK_THAT(rejection(bare(16)), Catch::Contains("unknown record type 16"));
   CHECK_THAT(rejection(bare(255)), Catch::Contains("unknown record type 255"));
 
   Header h = ok;

@@ -18,6 +18,7 @@
 #include <sys/types.h>
 
 #include "hastnbd/base/asio.h"
+#include "hastnbd/base/logging.h"
 #include "hastnbd/base/status.h"
 
 namespace hastnbd {
@@ -59,9 +60,8 @@ class AcceptBackoff {
  private:
   std::string what_;
   std::chrono::milliseconds delay_{0};
-  std::chrono::steady_clock::time_point last_log_{};
+  LogLimiter log_{std::chrono::seconds(1)};
   uint64_t failures_ = 0;
-  uint64_t unlogged_ = 0;
 };
 
 // Runs until `acceptor` is closed; `on_accept` takes each new socket.

@@ -26,10 +26,17 @@ inline constexpr const char* kDefaultConfigPath = "/etc/hastnbd/hastnbd.yaml";
 enum class Replication { kFullsync, kMemsync, kAsync };
 enum class Compression { kNone, kHole, kLz4 };
 enum class Checksum { kNone, kXxh3 };
+// `auth`: how the peer link is authenticated (peer/auth.h). kDefault: with
+// the pre-shared key when one is configured; without one only on loopback.
+enum class PeerAuth { kDefault, kPsk, kNone };
 
 const char* to_string(Replication r);
 const char* to_string(Compression c);
 const char* to_string(Checksum c);
+const char* to_string(PeerAuth a);
+
+// A host that only this machine can reach: 127.0.0.0/8, ::1, "localhost".
+bool is_loopback_host(const std::string& host);
 
 // "HOST:PORT", "[V6ADDR]:PORT"; HOST is an IPv4/IPv6 literal or a DNS name
 // (Address itself is in base/net.h).
@@ -74,7 +81,10 @@ struct ResourceConfig {
   uint64_t sync_rate = 0;             // bytes/s, 0 = unlimited
   uint64_t max_inflight = 64 << 20;   // unacked bytes to the peer (every mode, sync too); >= 1MiB
   std::optional<uint64_t> size;       // exported size; default: whole local device
-  std::string psk;                    // optional pre-shared key (later issue)
+  PeerAuth auth = PeerAuth::kDefault;
+  std::string psk;                    // the pre-shared key written in the file (prefer psk_file)
+  std::string psk_file;               // a file holding the key, mode 0600 or stricter
+  std::string peer_key;               // not from the file: the key load_peer_key() read (the daemon sets it)
 
   std::string local;                  // backing device or file (required)
   std::optional<Address> listen;      // peer listen address of this node
@@ -91,7 +101,8 @@ struct ResourceConfig {
 
 // SIGHUP: what a running daemon takes from a newly loaded configuration.
 // timeout, exec, sync_rate, remote (a new address for the peer), source,
-// compression, checksum and max_inflight change in place; everything else
+// compression, checksum, max_inflight and the peer key (auth, psk, psk_file)
+// change in place; everything else
 // (devices, paths, sizes, listen addresses, replication mode, keepdirty,
 // metaflush, the peer's name, a remote added or removed, ...) needs a restart
 // and is left as it runs. Each entry reads "key: old -> new".
@@ -100,6 +111,15 @@ struct ReloadDiff {
   std::vector<std::string> refused;
 };
 ReloadDiff apply_reload(ResourceConfig& running, const ResourceConfig& next);
+
+// The peer link's key: `psk`, or the contents of `psk_file` (without the
+// trailing newline), which must be a regular file that neither group nor
+// others may read. Empty when the link is not authenticated. Read at start
+// and at each reload, so a new key takes effect at the next connect.
+Result<std::string> load_peer_key(const ResourceConfig& config);
+// A new key file: 32 random bytes as 64 hex digits, mode 0600; never
+// replaces an existing file.
+Status write_new_key_file(const std::string& path);
 
 // The node name used when --node is not given: the short hostname.
 std::string default_node_name();

@@ -45,9 +45,15 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   // Starts the writer, keepalive and watchdog.
   void start();
   // The next frame, validated (header checks only; payload checks are the
-  // caller's via peer::decode_payload). Fails when the link is closed or a
-  // frame is malformed (the link is then closed with that reason).
+  // caller's via peer::decode_payload). Fails when the link is closed, a
+  // frame is malformed, or its payload exceeds the link's limit (the link is
+  // then closed with that reason).
   awaitable<Result<Frame>> read_frame();
+  // The largest payload read_frame accepts (peer::kMaxPayload unless
+  // lowered): peer/auth.h raises it back to kMaxPayload once the peer is
+  // authenticated, so a caller that lowers it to kMaxAuthPayload first makes
+  // an unauthenticated peer unable to make us allocate more.
+  void set_max_payload(uint32_t n) { max_payload_ = n; }
   // Queue a frame; payload_length and the checksum field come from `header`.
   void send(const peer::Header& header, std::vector<uint8_t> payload = {}, uint64_t data_bytes = 0);
   // The same with a pool buffer as the payload, sent without a copy.
@@ -90,6 +96,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<void> watchdog();
 
   Socket socket_;
+  uint32_t max_payload_ = peer::kMaxPayload;
   BufferPool& pool_;
   std::chrono::seconds timeout_;
   std::string peer_;

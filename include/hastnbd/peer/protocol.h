@@ -47,7 +47,12 @@ enum Type : uint8_t {
   kRead = 10,         // primary -> secondary: read offset, length
   kReadReply = 11,    // secondary -> primary: seq = the kRead's seq; payload = data
   kSyncDone = 12,     // primary -> secondary: synchronisation complete; payload = u64 primary localcnt
+  kAuthHello = 13,     // initiator -> responder, first on every link (peer/auth.h)
+  kAuthChallenge = 14, // responder -> initiator
+  kAuthProof = 15,     // initiator -> responder
 };
+// Any AUTH_* payload; also what a link accepts at all until it is authenticated.
+inline constexpr uint32_t kMaxAuthPayload = 512;
 inline constexpr uint32_t kSyncDonePayload = 8;
 const char* type_name(uint8_t type);
 
