@@ -6,6 +6,7 @@
 //   reload RESOURCE             the running daemon re-reads the configuration (as SIGHUP)
 //   list                        every configured resource and its state
 //   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
+//   genkey FILE                 write a new peer key file (mode 0600, never replaces one)
 // Exit codes: 0 done, 1 the operation failed, 2 usage or configuration
 // error, 3 the daemon for the resource is not running, 4 the role is now
 // primary but the configured kernel device (nbd.device) could not be attached.
@@ -50,7 +51,9 @@ const char* kUsage =
     "                               connect synchronises everything from the primary\n"
     "  reload RESOURCE              the daemon re-reads the configuration file (as on SIGHUP)\n"
     "  list                         configured resources and whether they run\n"
-    "  dump [--json] RESOURCE       metadata header and dirty extents\n";
+    "  dump [--json] RESOURCE       metadata header and dirty extents\n"
+    "  genkey FILE                  write a new random peer key (psk_file), mode 0600;\n"
+    "                               copy the same file to the other node\n";
 
 std::string human(uint64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -98,6 +101,14 @@ int cmd_create(const Ctx& c, const std::string& resource) {
   if (Status s = MetadataFile::create(cfg->meta, h, c.force); !s.ok()) return fail(s);
   std::cout << "created " << cfg->meta << ": resource " << h.resource << ", " << human(h.data_size) << " in "
             << h.extents() << " extents of " << human(h.extent_size) << ", uuid " << h.uuid_string() << "\n";
+  return 0;
+}
+
+int cmd_genkey(const std::string& path) {
+  if (Status s = write_new_key_file(path); !s.ok()) return fail(s);
+  std::cout << "wrote a new key to " << path
+            << " (mode 0600). Copy it to the other node with the same mode, set psk_file: " << path
+            << " for the resource, and reload or restart both daemons.\n";
   return 0;
 }
 
@@ -429,6 +440,7 @@ int main(int argc, char** argv) {
   if (command == "dump") return want(1) ? cmd_dump(c, args[0]) : kExitUsage;
   if (command == "discard-my-data") return want(1) ? cmd_discard(c, args[0]) : kExitUsage;
   if (command == "reload") return want(1) ? cmd_reload(c, args[0]) : kExitUsage;
+  if (command == "genkey") return want(1) ? cmd_genkey(args[0]) : kExitUsage;
   std::cerr << "hastnbd-ctl: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;
 }

@@ -31,10 +31,33 @@ struct Origin {
 // are applied on top of each other.
 struct Cascade {
   ResourceConfig cfg;
-  Origin listen, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile, auth, psk;
+  Origin listen, remote, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile, auth, psk;
 };
 
 Origin origin_of(const Item& it) { return {it.key, it.line}; }
+
+std::string_view section_of(std::string_view key) { return key.substr(0, key.rfind('.') + 1); }
+
+// psk and psk_file: the more specific section's key replaces the other one
+// set above it; both in one section is a mistake.
+void set_key(const Item& it, Cascade& c, bool file) {
+  const bool other_set = file ? !c.cfg.psk.empty() : !c.cfg.psk_file.empty();
+  if (other_set && section_of(c.psk.key) == section_of(it.key))
+    fail(it, std::string("is set next to ") + (file ? "psk" : "psk_file") + " (line " + std::to_string(c.psk.line) +
+                 "); keep one (psk_file is better: the key stays out of the configuration)");
+  if (file) {
+    c.cfg.psk_file = path_of(it);
+    c.cfg.psk.clear();
+  } else {
+    std::string key = scalar_of(it);
+    if (key.size() < kMinKeyChars)
+      fail(it, "is " + std::to_string(key.size()) + " characters; a key needs at least " +
+                   std::to_string(kMinKeyChars) + " ('hastnbd-ctl genkey FILE' writes a good one for psk_file)");
+    c.cfg.psk = std::move(key);
+    c.cfg.psk_file.clear();
+  }
+  c.psk = origin_of(it);
+}
 
 using Setter = void (*)(const Item&, Cascade&);
 struct Key {
@@ -97,11 +120,13 @@ const Key kSettingKeys[] = {
     {"sync_rate", [](const Item& it, Cascade& c) { c.cfg.sync_rate = size_of(it); }},
     {"max_inflight", [](const Item& it, Cascade& c) { c.cfg.max_inflight = max_inflight_of(it); }},
     {"size", [](const Item& it, Cascade& c) { c.cfg.size = export_size_of(it); }},
-    {"psk",
+    {"auth",
      [](const Item& it, Cascade& c) {
-       c.cfg.psk = scalar_of(it);
-       c.psk = origin_of(it);
+       c.cfg.auth = enum_of(it, kAuthNames);
+       c.auth = origin_of(it);
      }},
+    {"psk", [](const Item& it, Cascade& c) { set_key(it, c, false); }},
+    {"psk_file", [](const Item& it, Cascade& c) { set_key(it, c, true); }},
     {"local",
      [](const Item& it, Cascade& c) {
        c.cfg.local = path_of(it);
@@ -112,7 +137,11 @@ const Key kSettingKeys[] = {
        c.cfg.listen = address_of(it);
        c.listen = origin_of(it);
      }},
-    {"remote", [](const Item& it, Cascade& c) { c.cfg.remote = address_of(it); }},
+    {"remote",
+     [](const Item& it, Cascade& c) {
+       c.cfg.remote = address_of(it);
+       c.remote = origin_of(it);
+     }},
     {"source", [](const Item& it, Cascade& c) { c.cfg.source = source_of(it); }},
     {"pidfile",
      [](const Item& it, Cascade& c) {
@@ -130,6 +159,29 @@ const Key kSettingKeys[] = {
 
 constexpr std::string_view kNodesKey = "nodes";
 
+
+bool has_key(const ResourceConfig& cfg) { return !cfg.psk.empty() || !cfg.psk_file.empty(); }
+
+// Secure by default (docs/config.md, "Authentication"): a peer link that
+// leaves loopback needs a key unless `auth: none` says otherwise.
+void check_auth(std::string_view file, const Cascade& c) {
+  const ResourceConfig& cfg = c.cfg;
+  const std::string genkey = "'hastnbd-ctl genkey /etc/hastnbd/" + cfg.name + ".key' writes one";
+  if (cfg.auth == PeerAuth::kNone && has_key(cfg))
+    fail_key(file, c.auth.line, c.auth.key,
+             "is none, but " + c.psk.key + " (line " + std::to_string(c.psk.line) +
+                 ") sets a key; remove one of them");
+  if (cfg.auth == PeerAuth::kPsk && !has_key(cfg))
+    fail_key(file, c.auth.line, c.auth.key, "is psk, but node '" + cfg.node + "' has no psk_file; " + genkey);
+  if (cfg.auth != PeerAuth::kDefault || has_key(cfg)) return;
+  for (auto [addr, from] : {std::pair{&cfg.listen, &c.listen}, std::pair{&cfg.remote, &c.remote}}) {
+    if (!addr->has_value() || is_loopback_host((*addr)->host)) continue;
+    fail_key(file, from->line, from->key,
+             (*addr)->to_string() + " is outside loopback, and node '" + cfg.node +
+                 "' has no key for the peer link: set psk_file (" + genkey +
+                 ", copy it to both nodes), or write 'auth: none' to run the link unauthenticated");
+  }
+}
 
 // Paths derived from directories get the node section as their origin, under
 // the key they would have had if written out.
@@ -264,6 +316,20 @@ void check_paths(const ParsedFile& f, std::string_view file) {
   }
 }
 
+// Per node, then across the two: either both hold a key or neither does.
+void check_auth(std::string_view file, const ResourceEntry& r) {
+  for (const NodeEntry& n : r.node_list) check_auth(file, n.c);
+  if (r.node_list.size() != 2) return;
+  const NodeEntry &x = r.node_list[0], &y = r.node_list[1];
+  if (has_key(x.c.cfg) == has_key(y.c.cfg)) return;
+  const NodeEntry& keyless = has_key(x.c.cfg) ? y : x;
+  const NodeEntry& keyed = has_key(x.c.cfg) ? x : y;
+  fail_key(file, r.nodes.line, r.nodes.key,
+           "node '" + keyed.name + "' authenticates the peer link (" + keyed.c.psk.key + ", line " +
+               std::to_string(keyed.c.psk.line) + ") but node '" + keyless.name +
+               "' has no key; both need the same one");
+}
+
 ParsedFile walk_file(const YAML::Node& root, std::string_view file) {
   if (!root.IsNull() && !root.IsMap()) {
     fail_key(file, line_of(root.Mark()), "top level",
@@ -294,6 +360,7 @@ ParsedFile walk_file(const YAML::Node& root, std::string_view file) {
   if (f.resources.empty()) fail(*resources, "no resources; add at least one");
   check_ports(f, file);
   check_paths(f, file);
+  for (const ResourceEntry& r : f.resources) check_auth(file, r);
   return f;
 }
 

@@ -30,9 +30,10 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
   // The peer key: the daemon re-reads it after the reload; the next connect uses it.
   if (note(true, "auth", to_string(cur.auth), to_string(next.auth))) cur.auth = next.auth;
   if (note(true, "psk_file", text(cur.psk_file), text(next.psk_file))) cur.psk_file = next.psk_file;
-  if (cur.psk != next.psk) {
-    d.applied.push_back("psk: changed (values not shown)");
-    cur.psk = next.psk;
+  cur.psk = next.psk;
+  if (cur.peer_key != next.peer_key) {
+    d.applied.push_back("peer key: changed (values not shown); the next connection uses it");
+    cur.peer_key = next.peer_key;
   }
   // A new address for the same peer; adding or removing the peer is a
   // different resource layout.

@@ -40,6 +40,9 @@ Resource::~Resource() = default;
 Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceConfig config, ResourceSeams seams) {
   std::unique_ptr<Resource> r(new Resource(io, std::move(config), std::move(seams)));
   const ResourceConfig& c = r->config_;
+  auto key = load_peer_key(c);
+  if (!key.ok()) return key.status();
+  r->config_.peer_key = std::move(*key);
   if (Status s = make_dir(c.run_dir); !s.ok()) return s;
   auto uring = Uring::create(io);
   if (!uring.ok()) return uring.status();
@@ -162,6 +165,13 @@ awaitable<Status> Resource::discard_my_data() {
 json Resource::reload() {
   sd::reloading();
   auto next = load_resource_config(config_.config_path, config_.name, config_.node);
+  if (next.ok()) {
+    // The key file is read again even when its path did not change: a
+    // reload is how a new key takes effect (at the next connection).
+    auto key = load_peer_key(*next);
+    if (key.ok()) next->peer_key = std::move(*key);
+    else next = key.status();
+  }
   if (!next.ok()) {
     spdlog::error("reload: {}; nothing changed", next.status().message());
     sd::ready(std::string("role ") + to_string(role_) + "; the last reload failed: " + next.status().message());

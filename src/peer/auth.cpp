@@ -27,7 +27,12 @@ AuthMode read_mode(Reader& r) {
 template <class T>
 Result<T> finish(Reader& r, const char* what, T value) {
   if (r.ok() && r.remaining() != 0) r.fail(num(r.remaining()) + " trailing bytes after offset " + num(r.pos()));
-  if (!r.ok()) return Status::Error(EINVAL, std::string(what) + ": " + r.error());
+  if (!r.ok()) {
+    std::string msg = what;  // built with += : GCC 12 warns falsely on a + chain here
+    msg += ": ";
+    msg += r.error();
+    return Status::Error(EINVAL, msg);
+  }
   return value;
 }
 
@@ -46,7 +51,7 @@ awaitable<Result<Frame>> expect(PeerConnection& conn, Type want, bool* refused) 
   auto f = co_await conn.read_frame();
   if (!f.ok()) {
     *refused = true;  // nothing to answer on a broken link
-    co_return f.status();
+    co_return Status::Error(f.status().code(), "handshake: " + f.status().message());
   }
   if (f->header.type == kError) {
     auto e = decode_error(f->payload.span());
@@ -276,7 +281,13 @@ awaitable<Result<AuthResult>> authenticate_responder(PeerConnection& conn, const
   send_record(conn, kAuthChallenge, encode(c));
 
   auto pf = co_await expect(conn, kAuthProof, &refused);
-  if (!pf.ok()) co_return pf.status();
+  if (!pf.ok()) {
+    if (!refused) {
+      conn.send_error(0, Status::Error(EACCES, "authentication failed"));
+      co_await conn.drain_sends();
+    }
+    co_return pf.status();
+  }
   auto proof = decode_auth_proof(pf->payload.span());
   if (!proof.ok()) s = proof.status();
   if (s.ok() && c.mode == AuthMode::kPsk && !mac_equal(proof->mac, auth_mac(key_bytes(p), Side::kInitiator, t)))

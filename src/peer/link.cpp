@@ -71,7 +71,10 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
   if (h->payload_length > max_payload_) {
     close("record from peer too large here: " + std::string(peer::type_name(h->type)) + " payload " +
           std::to_string(h->payload_length) + " bytes, at most " + std::to_string(max_payload_) +
-          (max_payload_ == peer::kMaxAuthPayload ? " before authentication" : ""));
+          (max_payload_ == peer::kMaxAuthPayload ? " before authentication" : "") +
+          (max_payload_ == peer::kMaxAuthPayload && h->type == peer::kHello
+               ? " (a HELLO first: the peer speaks protocol version 1, without authentication; upgrade it)"
+               : ""));
     co_return Status::Error(EMSGSIZE, close_reason_);
   }
   Frame f{*h, Buffer()};

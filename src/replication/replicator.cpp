@@ -5,6 +5,7 @@
 #include "hastnbd/base/logging.h"
 
 #include "hastnbd/base/role.h"
+#include "hastnbd/peer/auth.h"
 #include "hastnbd/peer/handshake.h"
 
 namespace hastnbd {
@@ -188,6 +189,9 @@ awaitable<std::shared_ptr<Record>> Replicator::remote_read(uint64_t offset, uint
 }
 
 awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
+  // Nothing of the peer's is parsed beyond AUTH_* until it proved the key.
+  auto auth = co_await peer::authenticate_initiator(*conn, peer::auth_params(config_));
+  if (!auth.ok()) co_return auth.status();
   const peer::Hello ours = hello_();
   peer::send_hello(*conn, ours);
   // Any role: a peer that is primary too still gets the decision, which
@@ -349,6 +353,7 @@ nlohmann::json Replicator::status() const {
       {"node", peer_name_},
       {"remote", config_.remote ? config_.remote->to_string() : ""},
       {"source", config_.source ? config_.source->host : ""},
+      {"auth", config_.peer_key.empty() ? "none" : "psk"},
       {"last_error", last_error_},
       {"connects", connects_},
       {"inflight_records", pending_.size()},

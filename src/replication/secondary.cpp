@@ -6,12 +6,18 @@
 
 #include "hastnbd/base/net.h"
 #include "hastnbd/base/role.h"
+#include "hastnbd/peer/auth.h"
 #include "hastnbd/peer/handshake.h"
 
 namespace hastnbd {
 
 namespace {
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
+// Connections between accept and a finished authentication. A listener
+// flooded with connections that never authenticate holds at most this many
+// (each for at most kHandshakeTimeout, with a 512-byte read limit); the
+// rest are closed at accept. The real primary retries within seconds.
+constexpr unsigned kMaxHandshakes = 4;
 
 }  // namespace
 
@@ -74,22 +80,36 @@ awaitable<bool> Secondary::from_configured_peer(const asio::ip::tcp::socket& soc
   co_return false;
 }
 
+// Logged at most once per 10 s, with how many were not: a remote party
+// can provoke these at will.
+void Secondary::log_refusal(const std::string& who, const std::string& why) {
+  ++refused_;
+  last_refusal_ = who + ": " + why;
+  if (refusal_log_.allow())
+    spdlog::warn("peer: refused connection from {}: {}{}", who, why, refusal_log_.suppressed_note("refusals"));
+}
+
 awaitable<void> Secondary::admit(asio::ip::tcp::socket sock) {
   error_code ignored;
   std::string who = remote_address(sock);
+  if (handshakes_ >= kMaxHandshakes) {
+    log_refusal(who, std::to_string(handshakes_) + " connections are already authenticating");
+    sock.close(ignored);
+    co_return;
+  }
+  ++handshakes_;
   if (!co_await from_configured_peer(sock)) {
-    ++refused_;
-    spdlog::warn("peer: refused connection from {}: not the configured peer {}", who,
-                 config_.remote ? config_.remote->to_string() : std::string("?"));
+    --handshakes_;
+    log_refusal(who, "not the configured peer " + (config_.remote ? config_.remote->to_string() : std::string("?")));
     sock.close(ignored);
     co_return;
   }
   sock.set_option(asio::ip::tcp::no_delay(true), ignored);
-  co_await serve(PeerConnection::Socket(std::move(sock)), who);
+  co_await serve(PeerConnection::Socket(std::move(sock)), who, /*counted=*/true);
 }
 
 void Secondary::serve_connection(PeerConnection::Socket socket, std::string who) {
-  asio::co_spawn(io_, serve(std::move(socket), std::move(who)), asio::detached);
+  asio::co_spawn(io_, serve(std::move(socket), std::move(who), /*counted=*/false), asio::detached);
 }
 
 void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
@@ -99,9 +119,18 @@ void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
   conn.send(h);
 }
 
-awaitable<void> Secondary::serve(PeerConnection::Socket socket, std::string who) {
+awaitable<void> Secondary::serve(PeerConnection::Socket socket, std::string who, bool counted) {
   auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
   conn->start();
+  // Nothing past AUTH_* is parsed before the peer proved the key; the link
+  // reads at most kMaxAuthPayload bytes per record until then.
+  auto auth = co_await peer::authenticate_responder(*conn, peer::auth_params(config_));
+  if (counted) --handshakes_;
+  if (!auth.ok()) {
+    log_refusal(who, auth.status().message());
+    conn->close("authentication: " + auth.status().message());
+    co_return;
+  }
   const peer::Hello ours = hello_();
   peer::HelloResult theirs = co_await peer::receive_hello(*conn, ours, config_.peer_node, Role::kPrimary);
   if (theirs.peer_gone) {
@@ -294,6 +323,8 @@ nlohmann::json Secondary::status() const {
       {"last_error", last_error_},
       {"connects", connects_},
       {"refused", refused_},
+      {"last_refused", last_refusal_},
+      {"auth", config_.peer_key.empty() ? "none" : "psk"},
       {"records_applied", records_applied_},
       {"apply_errors", apply_errors_},
       {"applying", applying_},

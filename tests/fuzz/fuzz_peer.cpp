@@ -14,6 +14,7 @@
 #include <span>
 #include <vector>
 
+#include "hastnbd/peer/auth.h"
 #include "hastnbd/peer/hello.h"
 
 using namespace hastnbd;
@@ -38,6 +39,15 @@ void decode_frame(const Header& h, std::span<const uint8_t> payload) {
       break;
     case kSyncDone:
       (void)decode_sync_done(payload);
+      break;
+    case kAuthHello:
+      (void)decode_auth_hello(payload);
+      break;
+    case kAuthChallenge:
+      (void)decode_auth_challenge(payload);
+      break;
+    case kAuthProof:
+      (void)decode_auth_proof(payload);
       break;
     default:
       break;
@@ -69,5 +79,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   (void)decode_hello(in);
   (void)decode_error(in);
+  (void)decode_auth_hello(in);
+  (void)decode_auth_challenge(in);
   return 0;
 }

@@ -10,9 +10,10 @@ Usage:
 
 Options: --bind ADDR (source address of the connection), --resource NAME,
 --node NAME (the name this fake peer claims), --peer-node NAME (the real
-daemon's node name), --size BYTES, --extent BYTES, --offset BYTES (where
-WRITE scenarios write), --connections N, --deadline SECS and --variant NAME
-(secondary mode).
+daemon's node name), --key-file PATH (the resource's psk_file: the fake
+peer authenticates with it; without it, it has no key), --size BYTES,
+--extent BYTES, --offset BYTES (where WRITE scenarios write),
+--connections N, --deadline SECS and --variant NAME (secondary mode).
 
 Exits 0 when the daemon behaved as expected, 1 with "FAIL: ..." otherwise,
 2 for usage errors. Prints one JSON line describing what happened (e.g. the
@@ -24,10 +25,16 @@ offset, length, payload_length, payload_checksum, header_checksum =
 XXH3-64 of bytes 0..39), then the payload. Python's stdlib has no XXH3, so
 it comes from the system libxxhash through ctypes. Stdlib only otherwise;
 every socket operation has a timeout.
+
+Every link opens with the authentication exchange (docs/protocol.md,
+"Authentication"; include/hastnbd/peer/auth.h): AUTH_HELLO, AUTH_CHALLENGE,
+AUTH_PROOF, MACs = HMAC-SHA256 over the transcript (hmac/hashlib).
 """
 
 import ctypes
 import ctypes.util
+import hashlib
+import hmac
 import json
 import os
 import select
@@ -68,10 +75,19 @@ VERSION = 1
 HEADER_SIZE = 48
 MAX_PAYLOAD = 64 << 20
 
+MAX_AUTH_PAYLOAD = 512  # what the daemon reads per record before authentication
+
 (HELLO, WRITE, TRIM, WRITE_ZEROES, FLUSH, RECEIVED, WRITTEN, ERROR, KEEPALIVE, READ, READ_REPLY,
- SYNC_DONE) = range(1, 13)
+ SYNC_DONE, AUTH_HELLO, AUTH_CHALLENGE, AUTH_PROOF) = range(1, 16)
 TYPE_NAMES = {1: "HELLO", 2: "WRITE", 3: "TRIM", 4: "WRITE_ZEROES", 5: "FLUSH", 6: "RECEIVED",
-              7: "WRITTEN", 8: "ERROR", 9: "KEEPALIVE", 10: "READ", 11: "READ_REPLY", 12: "SYNC_DONE"}
+              7: "WRITTEN", 8: "ERROR", 9: "KEEPALIVE", 10: "READ", 11: "READ_REPLY", 12: "SYNC_DONE",
+              13: "AUTH_HELLO", 14: "AUTH_CHALLENGE", 15: "AUTH_PROOF"}
+
+PROTOCOL_MIN = PROTOCOL_MAX = 2
+MODE_NONE, MODE_PSK = 0, 1
+SIDE_RESPONDER, SIDE_INITIATOR = 1, 2
+AUTH_LABEL = b"hastnbd peer authentication v2"
+NONCE = MAC = 32
 
 F_LZ4 = 0x01
 F_HOLE = 0x02
@@ -176,6 +192,62 @@ def parse_hello(p):
     if m != map_bytes(h["data_size"], h["extent_size"]):
         raise Fail(f"daemon's HELLO has a dirty map of {m} bytes for {h['data_size']}/{h['extent_size']}")
     return h
+
+
+# --- authentication (docs/protocol.md, "Authentication") ---------------------------
+
+
+def auth_hello_payload(resource, node, mode, nonce, vmin=PROTOCOL_MIN, vmax=PROTOCOL_MAX, features=0):
+    return (struct.pack(">IIQ", vmin, vmax, features) + name_field(resource) + name_field(node) +
+            bytes([mode]) + nonce)
+
+
+def challenge_payload(version, features, node, mode, nonce, mac):
+    return struct.pack(">IQ", version, features) + name_field(node) + bytes([mode]) + nonce + mac
+
+
+def _names(p, pos, count):
+    out = []
+    for _ in range(count):
+        n = struct.unpack(">H", p[pos:pos + 2])[0]
+        out.append(p[pos + 2:pos + 2 + n].decode())
+        pos += 2 + n
+    return out, pos
+
+
+def parse_auth_hello(p):
+    vmin, vmax, features = struct.unpack(">IIQ", p[:16])
+    (resource, node), pos = _names(p, 16, 2)
+    mode = p[pos]
+    nonce = p[pos + 1:pos + 1 + NONCE]
+    if len(nonce) != NONCE or pos + 1 + NONCE != len(p):
+        raise Fail(f"AUTH_HELLO of {len(p)} bytes does not parse")
+    return {"version_min": vmin, "version_max": vmax, "features": features, "resource": resource,
+            "node": node, "mode": mode, "nonce": nonce}
+
+
+def parse_challenge(p):
+    version, features = struct.unpack(">IQ", p[:12])
+    (node,), pos = _names(p, 12, 1)
+    mode = p[pos]
+    nonce = p[pos + 1:pos + 1 + NONCE]
+    mac = p[pos + 1 + NONCE:pos + 1 + NONCE + MAC]
+    if len(mac) != MAC or pos + 1 + NONCE + MAC != len(p):
+        raise Fail(f"AUTH_CHALLENGE of {len(p)} bytes does not parse")
+    return {"version": version, "features": features, "node": node, "mode": mode, "nonce": nonce, "mac": mac}
+
+
+def auth_mac(key, side, version, features, resource, initiator, responder, ni, nr):
+    msg = (AUTH_LABEL + bytes([side]) + struct.pack(">IQ", version, features) + name_field(resource) +
+           name_field(initiator) + name_field(responder) + ni + nr)
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def read_key(path):
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read().rstrip(b"\n")
 
 
 def parse_error(p):
@@ -284,6 +356,14 @@ def expect_dropped_silently(link, what):
     return {"dropped": True, "frames": describe(frames)}
 
 
+def timed_drop(link, what):
+    """expect_dropped_silently, with the seconds the daemon took to drop."""
+    t = time.monotonic()
+    r = expect_dropped_silently(link, what)
+    r["seconds"] = round(time.monotonic() - t, 3)
+    return r
+
+
 def expect_refused(link, what, must_contain):
     """The daemon must answer with an ERROR (seq 0) naming the problem, then close."""
     frames = link.frames_until_eof()
@@ -310,6 +390,35 @@ class Primary:
     def link(self):
         return Link.connect(self.a.host, self.a.port, self.a.bind)
 
+    def auth_hello(self, nonce=None, key=True, **over):
+        kw = dict(resource=self.a.resource, node=self.a.node,
+                  mode=MODE_PSK if (key and self.a.key) else MODE_NONE, nonce=nonce or os.urandom(NONCE))
+        kw.update(over)
+        return frame(AUTH_HELLO, auth_hello_payload(**kw)), kw
+
+    def challenge(self, link):
+        h, p = link.next_frame("waiting for AUTH_CHALLENGE")
+        if h["type"] == ERROR:
+            raise Fail(f"AUTH_HELLO refused: {parse_error(p)}")
+        if h["type"] != AUTH_CHALLENGE:
+            raise Fail(f"expected AUTH_CHALLENGE, got {TYPE_NAMES.get(h['type'])}")
+        return parse_challenge(p)
+
+    def authenticate(self, link, key=None, **over):
+        """The exchange as a real primary runs it (with `key`, another key:
+        the node's MAC is not checked); returns what it saw and sent."""
+        check = key is None
+        key = self.a.key if key is None else key
+        f, sent = self.auth_hello(**over)
+        link.send(f)
+        c = self.challenge(link)
+        t = (c["version"], c["features"], self.a.resource, self.a.node, c["node"], sent["nonce"], c["nonce"])
+        if check and key and c["mode"] == MODE_PSK and c["mac"] != auth_mac(key, SIDE_RESPONDER, *t):
+            raise Fail("the daemon's AUTH_CHALLENGE MAC does not verify with the key")
+        proof = frame(AUTH_PROOF, auth_mac(key, SIDE_INITIATOR, *t) if key else bytes(MAC))
+        link.send(proof)
+        return {"hello": f, "proof": proof, "challenge": c}
+
     def hello(self, **over):
         kw = dict(resource=self.a.resource, node=self.a.node, role=ROLE_PRIMARY,
                   data_size=self.a.size, extent_size=self.a.extent)
@@ -317,7 +426,8 @@ class Primary:
         return frame(HELLO, hello_payload(**kw))
 
     def handshake(self, link):
-        """A valid HELLO; the daemon's HELLO back, checked field by field."""
+        """Authentication, a valid HELLO; the daemon's HELLO back, checked field by field."""
+        self.authenticate(link)
         link.send(self.hello())
         h, p = link.next_frame("waiting for its HELLO")
         if h["type"] == ERROR:
@@ -356,11 +466,8 @@ class Primary:
     def sc_oversized_payload(self):
         # Only the header: a receiver that believed it would wait for 70 MB.
         link = self.link()
-        link.send(header(HELLO, F_CHECKSUMMED, 0, 0, 0, 70_000_000, 0x1234))
-        t = time.monotonic()
-        r = expect_dropped_silently(link, "payload_length 70000000")
-        r["seconds"] = round(time.monotonic() - t, 3)
-        return r
+        link.send(header(AUTH_HELLO, F_CHECKSUMMED, 0, 0, 0, 70_000_000, 0x1234))
+        return timed_drop(link, "payload_length 70000000")
 
     def sc_unknown_type(self):
         link = self.link()
@@ -375,13 +482,13 @@ class Primary:
 
     def sc_truncated_header(self):
         link = self.link()
-        link.send(self.hello()[:24])
+        link.send(self.auth_hello()[0][:24])
         link.s.shutdown(socket.SHUT_WR)
         return expect_dropped_silently(link, "half a header")
 
     def sc_truncated_payload(self):
         link = self.link()
-        f = self.hello()
+        f = self.auth_hello()[0]
         link.send(f[:HEADER_SIZE + (len(f) - HEADER_SIZE) // 2])
         link.s.shutdown(socket.SHUT_WR)
         return expect_dropped_silently(link, "half a HELLO payload")
@@ -389,40 +496,174 @@ class Primary:
     def sc_garbage_hello(self):
         # A HELLO whose payload is not a Hello (checksummed correctly).
         link = self.link()
+        self.authenticate(link)
         link.send(frame(HELLO, b"\x00\x00\x00\x01\xff\xff" + b"x" * 10))
         return expect_refused(link, "garbage HELLO", ["resource"])
 
     def sc_write_before_hello(self):
         link = self.link()
+        self.authenticate(link)
         link.send(self.write_frame(1, 0, b"\x01" * 4096))
         return expect_refused(link, "WRITE before HELLO", ["HELLO"])
 
     def sc_wrong_resource(self):
         link = self.link()
+        self.authenticate(link)
         link.send(self.hello(resource="other"))
         return expect_refused(link, "wrong resource", ["resource", f"'{self.a.resource}'", "'other'"])
 
     def sc_wrong_size(self):
         link = self.link()
+        self.authenticate(link)
         bad = self.a.size * 2
         link.send(self.hello(data_size=bad))
         return expect_refused(link, "wrong size", ["size", str(self.a.size), str(bad)])
 
     def sc_wrong_extent(self):
         link = self.link()
+        self.authenticate(link)
         bad = self.a.extent // 2
         link.send(self.hello(extent_size=bad))
         return expect_refused(link, "wrong extent size", ["extent size", str(self.a.extent), str(bad)])
 
     def sc_wrong_node(self):
         link = self.link()
+        self.authenticate(link)
         link.send(self.hello(node="c"))
         return expect_refused(link, "wrong node", ["'c'", f"'{self.a.node}'"])
 
     def sc_wrong_role(self):
         link = self.link()
+        self.authenticate(link)
         link.send(self.hello(role=ROLE_SECONDARY))
         return expect_refused(link, "HELLO from a secondary", ["primary"])
+
+    # --- before authentication: none of these may get past AUTH_* ---------------
+
+    def sc_auth_no_key(self):
+        """AUTH_HELLO without a key (mode none) against a node that has one."""
+        link = self.link()
+        link.send(self.auth_hello(key=False)[0])
+        return expect_refused(link, "no key", ["does not authenticate"])
+
+    def sc_auth_wrong_key(self):
+        """A key of the right form, not the resource's: the proof fails."""
+        link = self.link()
+        self.authenticate(link, key=os.urandom(32).hex().encode())
+        return expect_refused(link, "wrong key", ["authentication failed"])
+
+    def sc_auth_replay(self):
+        """A valid exchange captured byte by byte (this peer holds the key for
+        it), then replayed on a new connection: the node's fresh nonce makes
+        the old proof worthless."""
+        first = self.link()
+        captured = self.authenticate(first)
+        first.close()
+        link = self.link()
+        link.send(captured["hello"])
+        c = self.challenge(link)
+        if c["nonce"] == captured["challenge"]["nonce"]:
+            raise Fail("the daemon sent the same challenge nonce twice")
+        link.send(captured["proof"])
+        r = expect_refused(link, "replayed proof", ["authentication failed"])
+        r["nonces_differ"] = True
+        return r
+
+    def sc_auth_reflect(self):
+        """The node's own MAC from its AUTH_CHALLENGE sent back as the proof."""
+        link = self.link()
+        link.send(self.auth_hello(key=False, mode=MODE_PSK)[0])
+        c = self.challenge(link)
+        link.send(frame(AUTH_PROOF, c["mac"]))
+        return expect_refused(link, "reflected MAC", ["authentication failed"])
+
+    def sc_auth_skip(self):
+        """A WRITE where AUTH_HELLO belongs (and a HELLO after it)."""
+        link = self.link()
+        link.send(self.write_frame(1, self.a.offset, b"\x01" * 256) + self.hello())
+        return expect_refused(link, "WRITE before authentication", ["expected AUTH_HELLO, got WRITE"])
+
+    def sc_auth_skip_proof(self):
+        """AUTH_HELLO, then a HELLO and a WRITE instead of the proof."""
+        link = self.link()
+        link.send(self.auth_hello()[0])
+        self.challenge(link)
+        link.send(self.hello() + self.write_frame(1, self.a.offset, b"\x01" * 256))
+        frames = link.frames_until_eof()
+        if any(h["type"] in (HELLO, WRITTEN) for h, _ in frames):
+            raise Fail(f"the daemon answered a peer that skipped AUTH_PROOF: {describe(frames)}")
+        return {"dropped": True, "frames": describe(frames)}
+
+    def sc_auth_oversized(self):
+        """A WRITE header announcing 100000 bytes (a legal size for a data
+        record): more than a link reads before authentication."""
+        link = self.link()
+        link.send(header(WRITE, F_CHECKSUMMED, 1, 0, 100_000, 100_000, 0x1234))
+        return timed_drop(link, "payload_length 100000 before authentication")
+
+    def sc_hello_first(self):
+        """A protocol-version-1 peer: HELLO first, no authentication."""
+        link = self.link()
+        link.send(self.hello())
+        return expect_refused(link, "a version-1 HELLO", ["protocol version 1"])
+
+    def sc_version_overlap(self):
+        """A newer peer announcing 1..5 shares version 2 with the node: the
+        node picks 2 and the pair works (a full handshake and a WRITE)."""
+        link = self.link()
+        seen = self.authenticate(link, vmin=1, vmax=5)
+        if seen["challenge"]["version"] != PROTOCOL_MAX:
+            raise Fail(f"the node chose version {seen['challenge']['version']} from 1..5")
+        link.send(self.hello())
+        h, p = link.next_frame("waiting for its HELLO")
+        if h["type"] != HELLO:
+            raise Fail(f"after a 1..5 exchange: {TYPE_NAMES.get(h['type'])} {parse_error(p) if h['type'] == ERROR else ''}")
+        link.close()
+        return {"version": seen["challenge"]["version"]}
+
+    def sc_version_too_new(self):
+        """A peer that speaks only 3..4: refused, naming both ranges."""
+        link = self.link()
+        link.send(self.auth_hello(vmin=3, vmax=4)[0])
+        return expect_refused(link, "versions 3..4", ["no common protocol version", "2..2", "3..4"])
+
+    def sc_idle(self):
+        """Connect and send nothing: the node must close within its
+        handshake timeout (10 s), not hold the connection."""
+        link = self.link()
+        t = time.monotonic()
+        frames = link.frames_until_eof(timeout=15)
+        return {"dropped": True, "frames": describe(frames), "seconds": round(time.monotonic() - t, 3)}
+
+    def sc_idle_flood(self):
+        """--connections idle connections at once: those over the node's
+        limit of 4 authenticating at a time are closed at once, the rest
+        within the handshake timeout; none is kept."""
+        links = [self.link() for _ in range(self.a.connections)]
+        t = time.monotonic()
+        closed = {}
+        deadline = t + 15
+        while len(closed) < len(links) and time.monotonic() < deadline:
+            open_ = [l for i, l in enumerate(links) if i not in closed]
+            readable, _, _ = select.select([l.s for l in open_], [], [], 0.2)
+            for i, l in enumerate(links):
+                if i in closed or l.s not in readable:
+                    continue
+                try:
+                    data = l.s.recv(4096)
+                except (ConnectionResetError, OSError):
+                    data = b""
+                if not data:
+                    closed[i] = round(time.monotonic() - t, 3)
+        for l in links:
+            l.close()
+        if len(closed) < len(links):
+            raise Fail(f"{len(links) - len(closed)} idle connection(s) still open after 15 s")
+        times = sorted(closed.values())
+        return {"closed_after": times, "at_once": sum(1 for x in times if x < 2),
+                "held": sum(1 for x in times if x >= 2)}
+
+    # --- after authentication --------------------------------------------------
 
     def sc_valid_write(self):
         """Positive control: handshake, WRITE (checksummed) + FLUSH, both WRITTEN."""
@@ -491,7 +732,7 @@ class Primary:
         """From an address that is not the secondary's `remote`: closed unheard."""
         link = self.link()
         try:
-            link.send(self.hello())
+            link.send(self.auth_hello()[0])
         except Fail:
             return {"dropped": True, "frames": []}
         return expect_dropped_silently(link, "connection from a foreign address")
@@ -517,28 +758,91 @@ def pattern(offset, length):
 # --- fake secondary ------------------------------------------------------------------
 
 
-def secondary_wrong_size(args):
-    """Answer every real primary's HELLO with a HELLO for twice its size."""
+def respond_auth(link, args, variant="good"):
+    """The responder's side of the exchange, as a real secondary runs it
+    (`good`), or wrongly: `no_key` (mode none), `wrong_key` (a MAC made with
+    another key), `version_too_new` (chooses version 3). Returns the
+    primary's AUTH_HELLO and whether a valid AUTH_PROOF followed."""
+    h, p = link.next_frame("waiting for the primary's AUTH_HELLO")
+    if h["type"] != AUTH_HELLO:
+        raise Fail(f"primary opened with {TYPE_NAMES.get(h['type'])}, not AUTH_HELLO")
+    theirs = parse_auth_hello(p)
+    if theirs["resource"] != args.resource or theirs["node"] != args.peer_node:
+        raise Fail(f"primary's AUTH_HELLO: {theirs}")
+    key = args.key
+    if variant == "wrong_key":
+        key = os.urandom(32).hex().encode()
+    version = 3 if variant == "version_too_new" else PROTOCOL_MAX
+    mode = MODE_NONE if variant == "no_key" or not key else MODE_PSK
+    nonce = os.urandom(NONCE)
+    t = (version, 0, args.resource, theirs["node"], args.node, theirs["nonce"], nonce)
+    mac = auth_mac(key, SIDE_RESPONDER, *t) if mode == MODE_PSK else bytes(MAC)
+    link.send(frame(AUTH_CHALLENGE, challenge_payload(version, 0, args.node, mode, nonce, mac)))
+    if variant != "good":
+        return theirs, False
+    h, p = link.next_frame("waiting for the primary's AUTH_PROOF")
+    if h["type"] != AUTH_PROOF:
+        raise Fail(f"expected AUTH_PROOF, got {TYPE_NAMES.get(h['type'])}")
+    if mode == MODE_PSK and p != auth_mac(key, SIDE_INITIATOR, *t):
+        raise Fail("the primary's AUTH_PROOF does not verify")
+    return theirs, True
+
+
+def listen(args):
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((args.host, args.port))
     srv.listen(8)
-    deadline = time.monotonic() + args.deadline
-    seen = []
     ready = os.environ.get("HOSTILE_READY")
     if ready:
         open(ready, "w").close()
-    while len(seen) < args.connections:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail(f"only {len(seen)} connection(s) from the primary in {args.deadline} s, "
-                       f"want {args.connections} (does it retry?)")
-        srv.settimeout(left)
-        try:
-            s, addr = srv.accept()
-        except socket.timeout:
-            continue
-        link = Link(s)
+    return srv
+
+
+def primaries(args, seen):
+    """Links from the real primary's connection attempts, until SEEN (which
+    the caller appends to) holds --connections of them; fails after
+    --deadline seconds."""
+    srv = listen(args)
+    deadline = time.monotonic() + args.deadline
+    try:
+        while len(seen) < args.connections:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Fail(f"only {len(seen)} connection(s) from the primary in {args.deadline} s, "
+                           f"want {args.connections} (does it retry?)")
+            srv.settimeout(left)
+            try:
+                s, addr = srv.accept()
+            except socket.timeout:
+                continue
+            yield Link(s), addr
+    finally:
+        srv.close()
+
+
+def secondary_auth(args):
+    """Refuse to authenticate properly (--variant no_key, wrong_key or
+    version_too_new) to --connections attempts of the real primary: it must
+    refuse each with a reason, send no AUTH_PROOF (a listener without the
+    key learns nothing from it) and nothing after it, and retry."""
+    seen = []
+    for link, addr in primaries(args, seen):
+        respond_auth(link, args, args.variant)
+        frames = link.frames_until_eof()
+        if any(h["type"] != ERROR for h, _ in frames):
+            raise Fail(f"the primary sent {describe(frames)} to a listener that failed authentication")
+        errors = [parse_error(p)[1] for h, p in frames if h["type"] == ERROR]
+        seen.append({"from": addr[0], "frames": describe(frames), "error": errors[0] if errors else None})
+        link.close()
+    return {"connections": seen}
+
+
+def secondary_wrong_size(args):
+    """Answer every real primary's HELLO with a HELLO for twice its size."""
+    seen = []
+    for link, addr in primaries(args, seen):
+        respond_auth(link, args)
         h, p = link.next_frame("waiting for the primary's HELLO")
         if h["type"] != HELLO or h["seq"] != 0:
             raise Fail(f"primary opened with {TYPE_NAMES.get(h['type'])} seq {h['seq']}")
@@ -559,7 +863,6 @@ def secondary_wrong_size(args):
                      "error": errors[0][1] if errors else None, "their_size": theirs["data_size"],
                      "our_size": bad})
         link.close()
-    srv.close()
     return {"connections": seen}
 
 
@@ -568,17 +871,12 @@ def secondary_no_acks(args):
     its records and never acknowledge one, while sending KEEPALIVEs (a live
     secondary whose disk hangs). Runs until --deadline, or until the primary
     drops the link; reports what it received."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((args.host, args.port))
-    srv.listen(8)
-    ready = os.environ.get("HOSTILE_READY")
-    if ready:
-        open(ready, "w").close()
+    srv = listen(args)
     deadline = time.monotonic() + args.deadline
     srv.settimeout(args.deadline)
     s, addr = srv.accept()
     link = Link(s)
+    respond_auth(link, args)
     h, p = link.next_frame("waiting for the primary's HELLO")
     theirs = parse_hello(p)
     link.send(frame(HELLO, hello_payload(args.resource, args.node, ROLE_SECONDARY, theirs["data_size"],
@@ -613,17 +911,12 @@ def secondary_bad_read_reply(args):
     instead of a READ_REPLY: no data at all), `short` (a READ_REPLY of half
     the length asked for), `other_range` (a READ_REPLY for another offset).
     Reports the READs it saw and whether the primary dropped the link."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((args.host, args.port))
-    srv.listen(8)
-    ready = os.environ.get("HOSTILE_READY")
-    if ready:
-        open(ready, "w").close()
+    srv = listen(args)
     deadline = time.monotonic() + args.deadline
     srv.settimeout(args.deadline)
     s, addr = srv.accept()
     link = Link(s)
+    respond_auth(link, args)
     h, p = link.next_frame("waiting for the primary's HELLO")
     theirs = parse_hello(p)
     link.send(frame(HELLO, hello_payload(args.resource, args.node, ROLE_SECONDARY, theirs["data_size"],
@@ -693,7 +986,9 @@ def parse_args(argv):
     ap.add_argument("--connections", type=int, default=3)
     ap.add_argument("--deadline", type=float, default=20.0)
     ap.add_argument("--variant", default="written")
+    ap.add_argument("--key-file")
     a = ap.parse_args(argv)
+    a.key = read_key(a.key_file)
     if a.mode == "primary":
         a.node = a.node or "a"
         a.peer_node = a.peer_node or "b"
@@ -709,7 +1004,8 @@ def scenarios():
 
 def main(argv):
     if argv == ["--list-scenarios"]:
-        print("\n".join(["primary: " + s for s in scenarios()] + ["secondary: wrong_size", "secondary: no_acks", "secondary: bad_read_reply"]))
+        print("\n".join(["primary: " + s for s in scenarios()] +
+                        ["secondary: " + s for s in ("wrong_size", "no_acks", "bad_read_reply", "auth")]))
         return 0
     if len(argv) >= 2 and argv[0] == "--pattern":
         # --pattern OFFSET LENGTH: the bytes WRITE scenarios write there.
@@ -725,7 +1021,7 @@ def main(argv):
             result = fn()
         else:
             fn = {"wrong_size": secondary_wrong_size, "no_acks": secondary_no_acks,
-                  "bad_read_reply": secondary_bad_read_reply}.get(a.scenario)
+                  "bad_read_reply": secondary_bad_read_reply, "auth": secondary_auth}.get(a.scenario)
             if fn is None:
                 print(f"unknown scenario {a.scenario}", file=sys.stderr)
                 return 2

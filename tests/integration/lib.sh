@@ -630,16 +630,25 @@ free_ports() {
 # DIR/state-N. Settings from the environment: PAIR_TIMEOUT (3),
 # PAIR_REPLICATION (fullsync), PAIR_COMPRESSION (lz4), PAIR_CHECKSUM (xxh3),
 # PAIR_KEEPDIRTY (8); PAIR_REMOTE_A / PAIR_REMOTE_B override a node's remote
-# (e.g. a peer that is not where the other node listens). Extra lines go into
-# the resource section.
+# (e.g. a peer that is not where the other node listens). The link is
+# authenticated as a real pair's is: both nodes' psk_file is DIR/peer.key
+# (made with hastnbd-ctl genkey unless present); PAIR_AUTH=none writes
+# `auth: none` instead. Extra lines go into the resource section.
 write_pair_config() {
-  local file="$1" addr_a="$2" addr_b="$3" dir line n
+  local file="$1" addr_a="$2" addr_b="$3" dir line n auth
   shift 3
   dir="$(cd "$(dirname "$file")" && pwd)"
   for n in a b; do
     [ -e "$dir/disk-$n.img" ] || make_disk "$dir/disk-$n.img" "${PAIR_DISK_SIZE:-256M}"
     mkdir -p "$dir/run-$n" "$dir/state-$n"
   done
+  if [ "${PAIR_AUTH:-psk}" = none ]; then
+    auth="auth: none"
+  else
+    [ -e "$dir/peer.key" ] || "$HASTNBD_BIN/hastnbd-ctl" genkey "$dir/peer.key" >/dev/null \
+      || die "hastnbd-ctl genkey $dir/peer.key failed"
+    auth="psk_file: $dir/peer.key"
+  fi
   {
     echo "defaults: {timeout: ${PAIR_TIMEOUT:-3}}"
     echo "resources:"
@@ -649,6 +658,7 @@ write_pair_config() {
     echo "    checksum: ${PAIR_CHECKSUM:-xxh3}"
     echo "    extent_size: 2MiB"
     echo "    keepdirty: ${PAIR_KEEPDIRTY:-8}"
+    echo "    $auth"
     for line in "$@"; do
       echo "    $line"
     done

@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
 # Hostile and wrong peers on the replication link (hostile_peer.py speaks
-# docs/protocol.md byte by byte).
+# docs/protocol.md byte by byte, authentication included).
 #  (ii)  The secondary refuses a connection from an address that is not its
 #        configured `remote` (logged, counted), and accepts one that is.
-#  (i)   A fake PRIMARY against a real secondary: bad magic, bad header
-#        checksum, payload_length over 64 MiB, unknown type, reserved flag,
-#        half a header, half a payload, a HELLO that is not a Hello, WRITE
-#        before HELLO, HELLOs with the wrong resource, size, extent size, node
-#        name or role, and after a valid handshake a WRITE with a bad payload
-#        checksum, an oversized WRITE and a corrupt LZ4 block. Each connection
-#        is dropped with a log line on the secondary naming the problem (and
-#        both values, for a mismatch), nothing of a refused record reaches the
-#        disk, and the secondary keeps running; a valid WRITE from the fake
-#        primary does land. Then the real primary connects and replicates:
-#        files identical.
+#  (i)   A fake PRIMARY against a real secondary. Before authentication: no
+#        key, a wrong key, a captured handshake replayed, the node's own MAC
+#        reflected, records that skip the exchange, a version-1 peer, a peer
+#        of versions 3..4 only, bad magic, bad header checksum, a
+#        payload_length over the 512 bytes allowed before authentication,
+#        unknown type, reserved flag, half a header, half a payload,
+#        connections that send nothing (alone and 8 at once). Each is
+#        refused with its reason in status (peer.last_refused; the log line
+#        is rate limited), the secondary's disk is byte-identical before and
+#        after, and it keeps serving. A peer announcing 1..5 gets version 2
+#        and a working link. After a valid authentication: a HELLO that is
+#        not a Hello, WRITE before HELLO, HELLOs with the wrong resource,
+#        size, extent size, node name or role, a WRITE with a bad payload
+#        checksum, an oversized WRITE and a corrupt LZ4 block: each dropped
+#        with a log line naming the problem (and both values, for a
+#        mismatch), nothing of a refused record reaches the disk; a valid
+#        WRITE from the fake primary does land. Then the real primary
+#        connects and replicates: files identical.
 #  (iii) A fake SECONDARY answering the real primary's HELLO with the wrong
 #        size: the primary logs both sizes, keeps retrying, and serves NBD
 #        clients degraded meanwhile.
 #  (iv)  A fake SECONDARY that completes the handshake and sends keepalives
 #        but never acknowledges a record: a client write still completes
 #        (degraded) within a few timeouts instead of hanging.
+#  (v)   A fake SECONDARY without the key, with a wrong key, or choosing
+#        version 3: the real primary refuses each attempt with the reason
+#        (logged, sent to the fake), never sends its own proof or anything
+#        after it, retries, and serves NBD degraded.
 source "$(dirname "$0")/lib.sh"
 require_root
 require_cmd fio qemu-io nbdinfo ss cmp
@@ -49,7 +60,7 @@ hostile() {
   shift 2
   if [ "$mode" = primary ]; then host=127.0.0.1 port=$pb; else host=127.0.0.1 port=$pf; fi
   with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" "$mode" "$host" "$port" "$sc" \
-    --size "$SIZE" --extent "$EXTENT" "$@" >"$T/hostile.json" 2>"$T/hostile.err" || {
+    --size "$SIZE" --extent "$EXTENT" --key-file "$dir/peer.key" "$@" >"$T/hostile.json" 2>"$T/hostile.err" || {
     cat "$T/hostile.err" >&2
     show_log "$log_b"
     die "hostile peer ($mode $sc) failed"
@@ -124,16 +135,80 @@ scenario() {
   secondary_alive "$sc"
   log "(i) $sc: dropped, logged, secondary alive"
 }
-scenario bad_magic "dropped during handshake" "bad magic 0xdeadbeef" "0x484e4244"
-scenario bad_header_checksum "dropped during handshake" "header checksum mismatch"
-scenario oversized_payload "dropped during handshake" "payload_length 70000000 exceeds the limit 67108864"
+# refusal SCENARIO SUBSTRING...: a connection refused before or during
+# authentication: within 5 s peer.last_refused holds every SUBSTRING, the
+# refused counter grew, and the secondary lives.
+_last_refused_has() {
+  local r s
+  r="$(status_field "$conf" b '["peer"]["last_refused"]')"
+  for s in "$@"; do [[ "$r" == *"$s"* ]] || return 1; done
+}
+refusal() {
+  local sc="$1" before after
+  shift
+  before="$(status_field "$conf" b '["peer"]["refused"]')"
+  hostile primary "$sc" --offset "${SC_OFFSET:-0}"
+  if ! wait_for 5 "$sc in last_refused" _last_refused_has "$@"; then
+    die "$sc: peer.last_refused is '$(status_field "$conf" b '["peer"]["last_refused"]')', want: $(printf "'%s' " "$@")"
+  fi
+  after="$(status_field "$conf" b '["peer"]["refused"]')"
+  [ "$after" -gt "$before" ] || die "$sc: refused counter stayed at $before"
+  secondary_alive "$sc"
+  log "(i) $sc: refused before authentication ($(status_field "$conf" b '["peer"]["last_refused"]' | cut -c1-150))"
+}
+n_auth=$(wc -l <"$log_b")
+sum_before="$(sha256sum <"$dir/disk-b.img")"
+refusal auth_no_key "127.0.0.1:" "does not authenticate (it has no psk)"
+[[ "$(json_of '["message"]')" == *"requires the resource's key"* ]] || die "no-key: the ERROR does not say a key is needed"
+refusal auth_wrong_key "authentication failed: the connecting side does not hold this resource's key"
+[ "$(json_of '["message"]')" = "authentication failed" ] || die "wrong key: the ERROR says more than that it failed: $(json_of '["message"]')"
+refusal auth_replay "authentication failed"
+refusal auth_reflect "authentication failed"
+refusal auth_skip "expected AUTH_HELLO, got WRITE"
+refusal auth_skip_proof "expected AUTH_PROOF, got HELLO"
+refusal hello_first "protocol version 1"
+refusal version_too_new "no common protocol version: this node speaks 2..2, peer 'a' speaks 3..4"
+[[ "$(json_of '["message"]')" == *"2..2"*"3..4"* ]] || die "version 3..4: the ERROR does not name both ranges"
+refusal bad_magic "malformed frame" "bad magic 0xdeadbeef" "0x484e4244"
+refusal bad_header_checksum "header checksum mismatch"
+refusal oversized_payload "AUTH_HELLO: payload_length 70000000 exceeds the limit 67108864"
 secs="$(json_of '["seconds"]')"
 "$HASTNBD_PYTHON" -c "import sys; sys.exit(float(sys.argv[1]) >= 3)" "$secs" \
   || die "oversized payload_length: the secondary took $secs s to drop the link (waited for the payload?)"
-scenario unknown_type "dropped during handshake" "unknown record type 42"
-scenario unknown_flag "dropped during handshake" "unknown flags 0x100"
-scenario truncated_header "dropped during handshake" "closed the connection"
-scenario truncated_payload "dropped during handshake" "closed the connection mid-frame"
+refusal auth_oversized "WRITE payload 100000 bytes, at most 512 before authentication"
+secs="$(json_of '["seconds"]')"
+"$HASTNBD_PYTHON" -c "import sys; sys.exit(float(sys.argv[1]) >= 3)" "$secs" \
+  || die "payload_length 100000 before authentication: the secondary took $secs s to drop the link"
+refusal unknown_type "unknown record type 42"
+refusal unknown_flag "unknown flags 0x100"
+refusal truncated_header "closed the connection"
+refusal truncated_payload "closed the connection mid-frame"
+refusal idle "peer silent for 10 s"
+secs="$(json_of '["seconds"]')"
+"$HASTNBD_PYTHON" -c "import sys; sys.exit(not 9 <= float(sys.argv[1]) <= 13)" "$secs" \
+  || die "an idle connection was closed after $secs s (want the 10 s handshake timeout)"
+before="$(status_field "$conf" b '["peer"]["refused"]')"
+hostile primary idle_flood --connections 8
+[ "$(json_of '["at_once"]')" -ge 4 ] && [ "$(json_of '["held"]')" -le 4 ] \
+  || die "8 idle connections: $(json_of '["closed_after"]') s (want at most 4 held, the rest closed at once)"
+_eight_more() { [ "$(status_field "$conf" b '["peer"]["refused"]')" -ge $((before + 8)) ]; }
+wait_for 5 "8 refusals counted" _eight_more || die "8 idle connections: refused counter $before -> $(status_field "$conf" b '["peer"]["refused"]')"
+secondary_alive idle_flood
+log "(i) 8 idle connections: $(json_of '["held"]') held until the timeout, $(json_of '["at_once"]') closed at once"
+[ "$(sha256sum <"$dir/disk-b.img")" = "$sum_before" ] || die "a connection refused before authentication changed the secondary's disk"
+[ "$(status_field "$conf" b '["peer"]["connects"]')" = 0 ] || die "an unauthenticated connection counted as a link"
+[ "$(status_field "$conf" b '["peer"]["records_applied"]')" = 0 ] || die "records applied from an unauthenticated peer"
+# The log has the refusals, rate limited (one line per 10 s, with the count of the others).
+grep -q "refused connection from 127.0.0.1:.*does not authenticate" <(log_since "$log_b" "$n_auth") \
+  || { show_log "$log_b"; die "the first refusal was not logged"; }
+lines=$(log_since "$log_b" "$n_auth" | grep -c "refused connection from" || true)
+[ "$lines" -le 6 ] || die "$lines log lines for ~25 refusals in ~20 s: not rate limited"
+log "(i) before authentication: 25 connections refused, $lines log lines, the secondary's disk unchanged"
+SC_OFFSET=0 hostile primary version_overlap
+[ "$(json_of '["version"]')" = 2 ] || die "a peer of versions 1..5 was not given version 2"
+expect_log "$log_b" "$n_auth" "version 1..5" "primary a connected"
+log "(i) a peer of versions 1..5 works at version 2"
+
 scenario garbage_hello "refused the primary's connection" "resource length 65535"
 scenario write_before_hello "refused the primary's connection" "expected HELLO, got WRITE"
 scenario wrong_resource "refused the primary's connection" "resource name differs" "'data'" "'other'"
@@ -143,7 +218,7 @@ scenario wrong_extent "refused the primary's connection" "extent size differs" "
 scenario wrong_node "refused the primary's connection" "peer identifies as node 'c'" "expected 'a'"
 scenario wrong_role "refused the primary's connection" "is not primary"
 refused="$(status_field "$conf" b '["peer"]["refused"]')"
-[ "$refused" -ge 7 ] || die "refused counter $refused after 7 refused handshakes"
+[ "$refused" -ge 32 ] || die "refused counter $refused after 32 refused connections"
 
 # Positive control: the fake primary's valid WRITE lands (so the refusals
 # above are about what was wrong, not about our encoding).
@@ -198,21 +273,35 @@ stop_daemon "$pid_b"
 cmp "$dir/disk-a.img" "$dir/disk-b.img" || die "files differ after the real primary's replicated run"
 log "(i) real primary replicated after the hostile peer; files identical"
 
+# A fake secondary (hostile_peer.py secondary) on 127.0.0.1:PORT, started in
+# the background and waited for; its JSON goes to OUT.json, stderr to OUT.err.
+fake_secondary() {  # PORT SCENARIO OUT KEY_FILE [ARGS...]
+  local port=$1 scen=$2 out=$3 key=$4
+  shift 4
+  rm -f "$T/hostile.ready"
+  HOSTILE_READY="$T/hostile.ready" with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" secondary 127.0.0.1 "$port" "$scen" \
+    --key-file "$key" "$@" >"$out.json" 2>"$out.err" &
+  fake=$!
+  track_pid "$fake"
+  wait_for 10 "fake secondary listening" test -e "$T/hostile.ready" || die "fake secondary did not start"
+}
+
+# Node a of CONF started and made primary; its pid in pid_a.
+start_primary() {  # CONF
+  start_daemon "$1" a data
+  pid_a=$DAEMON_PID
+  make_primary "$1" a data
+}
+
 # --- (iii) a fake secondary with the wrong size -----------------------------------
 dir3="$T/iii"
 mkdir -p "$dir3"
 conf3="$dir3/hastnbd.yaml"
 write_pair_config "$conf3" "127.0.0.1:$pc" "127.0.0.1:$pf"
 create_resource "$conf3" a data >/dev/null
-HOSTILE_READY="$T/hostile.ready" with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" secondary 127.0.0.1 "$pf" wrong_size \
-  --connections 3 --deadline 30 >"$T/fake-secondary.json" 2>"$T/fake-secondary.err" &
-fake=$!
-track_pid "$fake"
-wait_for 10 "fake secondary listening" test -e "$T/hostile.ready" || die "fake secondary did not start"
+fake_secondary "$pf" wrong_size "$T/fake-secondary" "$dir3/peer.key" --connections 3 --deadline 30
 n=$(wc -l <"$log_a")
-start_daemon "$conf3" a data
-pid_a=$DAEMON_PID
-make_primary "$conf3" a data
+start_primary "$conf3"
 sock3="$(nbd_socket "$conf3" a data)"
 expect_log "$log_a" "$n" "size mismatch with the fake secondary" "cannot connect to b" \
   "resource size differs" "here $SIZE bytes" "$((2 * SIZE))"
@@ -252,15 +341,8 @@ conf4="$dir4/hastnbd.yaml"
 read -r pd pe <<<"$(free_ports 2)"
 write_pair_config "$conf4" "127.0.0.1:$pd" "127.0.0.1:$pe"
 create_resource "$conf4" a data >/dev/null
-rm -f "$T/hostile.ready"
-HOSTILE_READY="$T/hostile.ready" with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" secondary 127.0.0.1 "$pe" no_acks \
-  --deadline 25 >"$T/no-acks.json" 2>"$T/no-acks.err" &
-fake=$!
-track_pid "$fake"
-wait_for 10 "fake secondary listening" test -e "$T/hostile.ready" || die "fake secondary did not start"
-start_daemon "$conf4" a data
-pid_a=$DAEMON_PID
-make_primary "$conf4" a data
+fake_secondary "$pe" no_acks "$T/no-acks" "$dir4/peer.key" --deadline 25
+start_primary "$conf4"
 wait_peer_state "$conf4" a connected 10 || { show_log "$log_a"; die "the primary did not connect to the fake secondary"; }
 sock4="$(nbd_socket "$conf4" a data)"
 t0=$(date +%s%3N)
@@ -277,4 +359,32 @@ out="$(_qemu_io "$(nbd_uri "$sock4" data)" "read -P 0x3a 0 65536")"
 grep -q "^read 65536/65536" <<<"$out" || die "(iv) read back failed"
 stop_daemon "$pid_a"
 kill_pid "$fake" 2
-log "t_peer_hostile: malformed and mismatched peers refused and logged; real pair replicates; no hang on a mute secondary"
+
+# --- (v) a fake secondary that fails authentication ------------------------------
+for variant in no_key wrong_key version_too_new; do
+  case $variant in
+    no_key) want="does not authenticate (it has no psk)" ;;
+    wrong_key) want="authentication failed: peer 'b' does not hold this resource's key" ;;
+    version_too_new) want="peer 'b' chose protocol version 3, outside this node's 2..2" ;;
+  esac
+  fake_secondary "$pe" auth "$T/auth-$variant" "$dir4/peer.key" --variant "$variant" --connections 2 --deadline 25
+  n=$(wc -l <"$log_a")
+  start_primary "$conf4"
+  rc=0
+  wait "$fake" || rc=$?
+  [ "$rc" -eq 0 ] || { cat "$T/auth-$variant.err" >&2; show_log "$log_a"; die "(v) $variant: fake secondary failed (exit $rc)"; }
+  "$HASTNBD_PYTHON" - "$T/auth-$variant.json" "$want" <<'EOF' || die "(v) $variant: the primary's answer"
+import json, sys
+r = json.load(open(sys.argv[1]))
+for c in r["connections"]:
+    if not c["error"] or sys.argv[2] not in c["error"]:
+        sys.exit(f"connection {c}: the primary's ERROR does not say {sys.argv[2]!r}")
+EOF
+  expect_log "$log_a" "$n" "(v) $variant" "cannot connect to b" "$want"
+  [ "$(status_field "$conf4" a '["peer"]["state"]')" != connected ] || die "(v) $variant: connected"
+  out="$(_qemu_io "$(nbd_uri "$sock4" data)" "write -P 0x4b 0 4096" "read -P 0x4b 0 4096")"
+  grep -q "^read 4096/4096" <<<"$out" || die "(v) $variant: the primary does not serve NBD"
+  stop_daemon "$pid_a"
+  log "(v) fake secondary $variant: refused twice ($want), no proof sent, NBD served degraded"
+done
+log "t_peer_hostile: unauthenticated, malformed and mismatched peers refused and logged; real pair replicates; no hang on a mute secondary"

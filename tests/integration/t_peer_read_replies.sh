@@ -45,7 +45,7 @@ variant() {
   local v="$1"
   rm -f "$T/trigger" "$T/hostile.ready"
   HOSTILE_READY="$T/hostile.ready" with_timeout 60 "$HASTNBD_PYTHON" "$HOSTILE" secondary 127.0.0.1 "$pb" \
-    bad_read_reply --variant "$v" --deadline 30 >"$T/fake-$v.json" 2>"$T/fake-$v.err" &
+    bad_read_reply --variant "$v" --key-file "$T/peer.key" --deadline 30 >"$T/fake-$v.json" 2>"$T/fake-$v.err" &
   FAKE_PID=$!
   track_pid "$FAKE_PID"
   wait_for 10 "fake secondary ($v)" test -e "$T/hostile.ready" || die "$v: fake secondary did not start"

@@ -241,6 +241,14 @@ Pair::Pair(asio::io_context& io, PairOptions options) : link(io), io_(io), optio
     std::ofstream(n->dir / "disk").close();
     std::filesystem::resize_file(n->dir / "disk", options_.size);
   }
+  // The link is authenticated as on real nodes (peer/auth.h).
+  REQUIRE(write_new_key_file((a.dir / "key").string()).ok());
+  if (options_.different_keys) {
+    REQUIRE(write_new_key_file((b.dir / "key").string()).ok());
+  } else {
+    std::filesystem::copy_file(a.dir / "key", b.dir / "key");
+    std::filesystem::permissions(b.dir / "key", std::filesystem::perms::owner_read);
+  }
 }
 
 Pair::~Pair() {
@@ -256,7 +264,7 @@ std::string Pair::yaml() const {
     // listen/remote are never bound or dialled: the link is a socketpair.
     y += "      " + n->name + ":\n        local: " + d + "/disk\n        run_dir: " + d + "\n        state_dir: " + d +
          "\n        listen: \"127.0.0.1:" + (n == &a ? "1" : "2") +
-         "\"\n        remote: \"127.0.0.1:" + (n == &a ? "2" : "1") + "\"\n";
+         "\"\n        remote: \"127.0.0.1:" + (n == &a ? "2" : "1") + "\"\n        psk_file: " + d + "/key\n";
   }
   return y;
 }

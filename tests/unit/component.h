@@ -145,6 +145,8 @@ struct PairOptions {
   std::string replication = "fullsync";
   uint64_t size = 8 << 20;
   std::string extra;  // more YAML for the resource (indented by 4)
+  // Each node has a psk_file; false: the same key on both, true: b's differs.
+  bool different_keys = false;
 };
 
 // Two nodes "a" and "b" of resource "r0" under a new directory of the

@@ -270,3 +270,29 @@ TEST_CASE("component: power loss on the primary: acknowledged writes survive on 
     CHECK(p.disks_equal());
   });
 }
+
+TEST_CASE("component: a primary with another key is refused and writes nothing on the secondary", "[component][auth]") {
+  run_pair({.different_keys = true}, [](Pair& p) -> awaitable<void> {
+    p.create(p.a);
+    p.create(p.b);
+    CO_REQUIRE_OK(p.open(p.a));
+    CO_REQUIRE_OK(p.open(p.b));
+    CO_REQUIRE_OK(co_await p.role(p.b, Role::kSecondary));
+    const auto before = p.b.file_bytes(0, 8 << 20);
+    CO_REQUIRE_OK(co_await p.role(p.a, Role::kPrimary));
+    CO_REQUIRE_OK(co_await p.write(p.a, 0, pattern(kExtent, 7)));  // degraded: the peer is not there
+    REQUIRE(co_await p.until(
+        [&] { return p.b.status()["peer"]["refused"].get<uint64_t>() >= 2; }, std::chrono::seconds(15),
+        "b refused two attempts"));
+    CHECK(p.b.file_bytes(0, 8 << 20) == before);
+    const nlohmann::json pa = p.a.status()["peer"], pb = p.b.status()["peer"];
+    CHECK(pa["state"] != "connected");
+    CHECK(pa["auth"] == "psk");
+    CHECK_THAT(pa["last_error"].get<std::string>(),
+               Catch::Contains("authentication failed: peer 'b' does not hold this resource's key"));
+    CHECK(pb["connects"] == 0);
+    CHECK_THAT(pb["last_refused"].get<std::string>(), Catch::Contains("authentication failed"));
+    CHECK(pb["records_applied"] == 0);
+    CHECK(writes(p.a, "degraded") >= 1);
+  });
+}

@@ -82,7 +82,7 @@ TEST_CASE("config: cascade node over resource over defaults over built-in", "[co
   metaflush: false
   sync_rate: 10MiB
   max_inflight: 2MiB
-  psk: secret-d
+  psk: secret-d-0123456789abcdef-0123456789
   nbd: {connections: 2}
 resources:
   data:
@@ -122,7 +122,7 @@ resources:
   CHECK(a.max_inflight == 2 << 20);
   REQUIRE(a.size.has_value());
   CHECK(*a.size == 1ull << 30);
-  CHECK(a.psk == "secret-d");
+  CHECK(a.psk == "secret-d-0123456789abcdef-0123456789");
   CHECK(a.local == "/dev/vdb");
   REQUIRE(a.listen.has_value());
   CHECK(a.listen->to_string() == "192.0.2.1:8457");
@@ -778,7 +778,8 @@ resources:
     CHECK(error_of(yaml).starts_with("t.yaml:3: resources.logs.nodes.a.listen: [0:0::1]:8457"));
   }
   SECTION("no conflict: other node, other port or other host") {
-    const std::string yaml = R"(resources:
+    const std::string yaml = R"(defaults: {auth: none}
+resources:
   data:
     nbd: {listen: "127.0.0.1:10809"}
     nodes:
@@ -880,7 +881,7 @@ TEST_CASE("config: the shipped example file", "[config]") {
   for (const char* key :
        {"replication:", "compression:", "checksum:",    "timeout:",   "run_dir:",   "state_dir:",
         "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "max_inflight:",
-        "psk:",         "local:",       "listen:",      "remote:",    "meta:",      "nbd:",
+        "# auth:",      "psk_file:",    "local:",       "listen:",      "remote:",    "meta:",      "nbd:",
         "socket:",      "device:",      "connections:", "# size:"}) {
     INFO(key);
     CHECK(text.find(std::string("  ") + key) != std::string::npos);
@@ -1075,4 +1076,64 @@ TEST_CASE("config: the peer key file: written 0600, read back, refused when othe
   CHECK_FALSE(is_loopback_host("192.0.2.1"));
   CHECK_FALSE(is_loopback_host("::"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("config: peer authentication is required off loopback", "[config][auth]") {
+  const std::string key = "0123456789abcdef0123456789abcdef";
+  auto pair = [](const std::string& extra_a, const std::string& extra_b, const std::string& res = "") {
+    return "resources:\n  data:\n" + res +
+           "    nodes:\n"
+           "      a: {local: /dev/vdb, listen: \"192.0.2.1:8457\", remote: \"192.0.2.2:8457\"" + extra_a + "}\n"
+           "      b: {local: /dev/vdb, listen: \"192.0.2.2:8457\", remote: \"192.0.2.1:8457\"" + extra_b + "}\n";
+  };
+  SECTION("no key off loopback names the fix") {
+    CHECK(error_of(pair("", "")) ==
+          "t.yaml:4: resources.data.nodes.a.listen: 192.0.2.1:8457 is outside loopback, and node 'a' has no key for "
+          "the peer link: set psk_file ('hastnbd-ctl genkey /etc/hastnbd/data.key' writes one, copy it to both "
+          "nodes), or write 'auth: none' to run the link unauthenticated");
+    // remote alone off loopback counts too
+    CHECK(error_of("resources:\n  data:\n    nodes:\n      a: {local: /dev/vdb, remote: \"192.0.2.2:8457\"}\n")
+              .starts_with("t.yaml:4: resources.data.nodes.a.remote: 192.0.2.2:8457 is outside loopback"));
+  }
+  SECTION("loopback needs no key; auth none is explicit") {
+    const std::string lo = "resources:\n  data:\n    nodes:\n"
+                           "      a: {local: /dev/vdb, listen: \"127.0.0.1:8457\", remote: \"[::1]:8458\"}\n"
+                           "      b: {local: /dev/vdc, listen: \"[::1]:8458\", remote: \"localhost:8457\"}\n";
+    CHECK(parse_ok(lo).auth == PeerAuth::kDefault);
+    ResourceConfig none = parse_ok(pair("", "", "    auth: none\n"));
+    CHECK(none.auth == PeerAuth::kNone);
+    CHECK(none.psk_file.empty());
+  }
+  SECTION("a key file or an inline key") {
+    ResourceConfig a = parse_ok(pair("", "", "    psk_file: /etc/hastnbd/data.key\n"));
+    CHECK(a.psk_file == "/etc/hastnbd/data.key");
+    CHECK(parse_ok(pair("", "", "    psk: " + key + "\n"), "data", "b").psk == key);
+    CHECK(parse_ok(pair("", "", "    auth: psk\n    psk: " + key + "\n")).auth == PeerAuth::kPsk);
+  }
+  SECTION("a node's key replaces the other kind set above it") {
+    ResourceConfig a = parse_ok("defaults: {psk: " + key + "}\n" + pair(", psk_file: /k/a", ", psk_file: /k/b"));
+    CHECK(a.psk.empty());
+    CHECK(a.psk_file == "/k/a");
+  }
+  SECTION("mistakes") {
+    CHECK(error_of(pair("", "", "    psk: short\n")) ==
+          "t.yaml:3: resources.data.psk: is 5 characters; a key needs at least 32 ('hastnbd-ctl genkey FILE' "
+          "writes a good one for psk_file)");
+    CHECK(error_of(pair("", "", "    psk: " + key + "\n    psk_file: /k\n")) ==
+          "t.yaml:4: resources.data.psk_file: is set next to psk (line 3); keep one (psk_file is better: the key "
+          "stays out of the configuration)");
+    CHECK(error_of(pair("", "", "    psk_file: k\n"))
+              .starts_with("t.yaml:3: resources.data.psk_file: 'k' is not an absolute path"));
+    CHECK(error_of(pair("", "", "    auth: maybe\n"))
+              .starts_with("t.yaml:3: resources.data.auth: 'maybe' is not one of psk, none"));
+    CHECK(error_of(pair("", "", "    auth: none\n    psk_file: /k\n")) ==
+          "t.yaml:3: resources.data.auth: is none, but resources.data.psk_file (line 4) sets a key; remove one of "
+          "them");
+    CHECK(error_of(pair("", "", "    auth: psk\n")) ==
+          "t.yaml:3: resources.data.auth: is psk, but node 'a' has no psk_file; 'hastnbd-ctl genkey "
+          "/etc/hastnbd/data.key' writes one");
+    CHECK(error_of(pair(", psk_file: /k", ", auth: none")) ==
+          "t.yaml:3: resources.data.nodes: node 'a' authenticates the peer link (resources.data.nodes.a.psk_file, "
+          "line 4) but node 'b' has no key; both need the same one");
+  }
 }

@@ -96,7 +96,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<void> watchdog();
 
   Socket socket_;
-  uint32_t max_payload_ = peer::kMaxPayload;
+  uint32_t max_payload_ = peer::kMaxAuthPayload;  // until authenticated
   BufferPool& pool_;
   std::chrono::seconds timeout_;
   std::string peer_;

@@ -15,6 +15,7 @@
 
 #include "hastnbd/base/asio.h"
 #include "hastnbd/base/buffer.h"
+#include "hastnbd/base/logging.h"
 #include "hastnbd/config/config.h"
 #include "hastnbd/disk/disk.h"
 #include "hastnbd/peer/link.h"
@@ -62,7 +63,9 @@ class Secondary {
  private:
   awaitable<void> admit(asio::ip::tcp::socket socket);  // source check, then serve()
   awaitable<bool> from_configured_peer(const asio::ip::tcp::socket& socket);
-  awaitable<void> serve(PeerConnection::Socket socket, std::string peer);
+  // `counted`: the connection came through admit() and holds a handshake slot.
+  awaitable<void> serve(PeerConnection::Socket socket, std::string peer, bool counted);
+  void log_refusal(const std::string& who, const std::string& why);
   awaitable<void> refuse(std::shared_ptr<PeerConnection> conn, const std::string& who, const Status& s,
                          bool always_log);
   awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
@@ -88,6 +91,9 @@ class Secondary {
   uint64_t resync_bytes_ = 0;   // written or read for the synchronisation
   uint64_t apply_errors_ = 0;
   uint64_t refused_ = 0;
+  unsigned handshakes_ = 0;  // accepted, not yet authenticated
+  LogLimiter refusal_log_;
+  std::string last_refusal_;
   uint64_t connects_ = 0;
 };
 
