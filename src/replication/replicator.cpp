@@ -192,7 +192,8 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   // Nothing of the peer's is parsed beyond AUTH_* until it proved the key.
   auto auth = co_await peer::authenticate_initiator(*conn, peer::auth_params(config_));
   if (!auth.ok()) co_return auth.status();
-  const peer::Hello ours = hello_();
+  peer::Hello ours = hello_();
+  ours.protocol_version = auth->version;
   peer::send_hello(*conn, ours);
   // Any role: a peer that is primary too still gets the decision, which
   // tells a split-brain from two primaries that merely met (both refuse).

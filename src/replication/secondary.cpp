@@ -131,7 +131,8 @@ awaitable<void> Secondary::serve(PeerConnection::Socket socket, std::string who,
     conn->close("authentication: " + auth.status().message());
     co_return;
   }
-  const peer::Hello ours = hello_();
+  peer::Hello ours = hello_();
+  ours.protocol_version = auth->version;
   peer::HelloResult theirs = co_await peer::receive_hello(*conn, ours, config_.peer_node, Role::kPrimary);
   if (theirs.peer_gone) {
     spdlog::warn("peer: connection from {} dropped during handshake: {}", who, theirs.hello.status().message());

@@ -151,7 +151,7 @@ def map_bytes(data_size, extent_size):
 
 
 def hello_payload(resource, node, role, data_size, extent_size, uuid=b"\x11" * 16,
-                  localcnt=0, remotecnt=0, meta_flags=None, dirty=None):
+                  localcnt=0, remotecnt=0, meta_flags=None, dirty=None, version=PROTOCOL_MAX):
     # A fresh secondary (the daemon full-syncs to it); a primary with data,
     # as a real one is (a fresh primary facing a secondary that adopted its
     # UUID would be refused by the sync decision).
@@ -159,7 +159,7 @@ def hello_payload(resource, node, role, data_size, extent_size, uuid=b"\x11" * 1
         meta_flags = META_FRESH if role == ROLE_SECONDARY else 0
     if dirty is None:
         dirty = bytes(map_bytes(data_size, extent_size))
-    return (struct.pack(">I", 1) + name_field(resource) + name_field(node) + bytes([role]) +
+    return (struct.pack(">I", version) + name_field(resource) + name_field(node) + bytes([role]) +
             struct.pack(">QQ", data_size, extent_size) + uuid +
             struct.pack(">QQI", localcnt, remotecnt, meta_flags) +
             struct.pack(">I", len(dirty)) + dirty)
@@ -437,7 +437,7 @@ class Primary:
         if h["seq"] != 0 or h["offset"] or h["length"]:
             raise Fail(f"daemon's HELLO header {h}")
         hello = parse_hello(p)
-        want = {"protocol_version": 1, "resource": self.a.resource, "node": self.a.peer_node,
+        want = {"protocol_version": PROTOCOL_MAX, "resource": self.a.resource, "node": self.a.peer_node,
                 "role": ROLE_SECONDARY, "data_size": self.a.size, "extent_size": self.a.extent}
         for k, v in want.items():
             if hello[k] != v:
@@ -847,7 +847,7 @@ def secondary_wrong_size(args):
         if h["type"] != HELLO or h["seq"] != 0:
             raise Fail(f"primary opened with {TYPE_NAMES.get(h['type'])} seq {h['seq']}")
         theirs = parse_hello(p)
-        want = {"protocol_version": 1, "resource": args.resource, "node": args.peer_node,
+        want = {"protocol_version": PROTOCOL_MAX, "resource": args.resource, "node": args.peer_node,
                 "role": ROLE_PRIMARY}
         for k, v in want.items():
             if theirs[k] != v:

@@ -647,7 +647,7 @@ TEST_CASE("hello round trip with a dirty bitmap", "[peer]") {
   // 4 + (2+4) + (2+5) + 1 + 8 + 8 + 16 + 8 + 8 + 4 + 4 + 17
   CHECK(bytes.size() == 91);
   CHECK(bytes[0] == 0);
-  CHECK(bytes[3] == kVersion);
+  CHECK(bytes[3] == kProtocolMax);
   CHECK(bytes[4] == 0);
   CHECK(bytes[5] == 4);
   CHECK(std::string(bytes.begin() + 6, bytes.begin() + 10) == "data");
@@ -754,10 +754,10 @@ TEST_CASE("check_hello names both values", "[peer]") {
   CHECK(check_hello(ours, theirs, "").ok());
 
   Hello t = theirs;
-  t.protocol_version = 2;
+  t.protocol_version = 3;
   Status st = check_hello(ours, t, "b");
   CHECK(st.code() == EPROTO);
-  CHECK_THAT(st.message(), Catch::Contains("protocol version differs: here 1, peer 'b' has 2"));
+  CHECK_THAT(st.message(), Catch::Contains("protocol version differs: here 2, peer 'b' has 3"));
 
   t = theirs;
   t.resource = "other";

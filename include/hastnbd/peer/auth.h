@@ -35,10 +35,6 @@
 
 namespace hastnbd::peer {
 
-// Protocol versions this build speaks: 2 is the first with this exchange
-// (version 1 began with HELLO and had no authentication).
-inline constexpr uint32_t kProtocolMin = 2;
-inline constexpr uint32_t kProtocolMax = 2;
 // Feature bits, agreed as the intersection of both sides' sets. None is
 // defined yet; unknown bits from a newer peer are ignored.
 inline constexpr uint64_t kFeatures = 0;

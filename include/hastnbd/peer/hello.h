@@ -17,7 +17,7 @@ namespace hastnbd::peer {
 // Handshake content. Encoded big-endian field by field; strings as u16 length
 // + bytes; the bitmap as u32 length + bytes.
 struct Hello {
-  uint32_t protocol_version = kVersion;
+  uint32_t protocol_version = kProtocolMax;  // the version agreed in the AUTH exchange
   std::string resource;         // <= 64 bytes
   std::string node;             // sender's node name, <= 64 bytes
   uint8_t role = 0;             // hastnbd::Role of the sender

@@ -24,7 +24,12 @@
 namespace hastnbd::peer {
 
 inline constexpr uint32_t kMagic = 0x484E4244;  // "HNBD"
-inline constexpr uint8_t kVersion = 1;
+inline constexpr uint8_t kVersion = 1;  // of the record format (header byte 4)
+// Protocol versions this build speaks (docs/protocol.md, "Versions"): 2 is
+// the first that authenticates (version 1 began with HELLO). The AUTH
+// exchange agrees on one, and HELLO carries it.
+inline constexpr uint32_t kProtocolMin = 2;
+inline constexpr uint32_t kProtocolMax = 2;
 inline constexpr size_t kHeaderSize = 48;
 inline constexpr uint32_t kMaxDataLength = 32u << 20;  // one WRITE/READ_REPLY carries at most this
 // Largest payload accepted on the wire: raw data, an lz4 block of it, or a
