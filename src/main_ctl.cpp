@@ -189,8 +189,11 @@ void print_status(const json& s) {
   if (!p.value("node", std::string()).empty()) std::cout << ", node " << p["node"].get<std::string>();
   if (!p.value("remote", std::string()).empty()) std::cout << " (" << p["remote"].get<std::string>() << ")";
   if (p.contains("listen")) std::cout << ", listening on " << p["listen"].get<std::string>();
+  if (p.contains("auth")) std::cout << ", link auth " << p["auth"].get<std::string>();
   if (s.value("in_sync", false)) std::cout << ", in sync";
   std::cout << "\n";
+  if (!p.value("last_refused", std::string()).empty())
+    std::cout << "  last refused: " << p["last_refused"].get<std::string>() << "\n";
   if (p.value("split_brain", false))
     std::cout << "  SPLIT-BRAIN: both nodes wrote without the other; peer localcnt " << p["localcnt"] << " remotecnt "
               << p["remotecnt"] << ", here localcnt " << s["metadata"]["localcnt"] << " remotecnt "
