@@ -31,7 +31,7 @@ struct Origin {
 // are applied on top of each other.
 struct Cascade {
   ResourceConfig cfg;
-  Origin listen, remote, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile, auth, psk;
+  Origin listen, remote, nbd_listen, metrics_listen, local, meta, nbd_socket, pidfile, auth, psk, tls;
 };
 
 Origin origin_of(const Item& it) { return {it.key, it.line}; }
@@ -106,6 +106,23 @@ const Key kMetricsKeys[] = {
      }},
 };
 
+void set_tls_path(const Item& it, Cascade& c, std::string TlsConfig::*field) {
+  c.cfg.tls.*field = path_of(it);
+  c.tls = origin_of(it);
+}
+
+const Key kTlsKeys[] = {
+    {"cert", [](const Item& it, Cascade& c) { set_tls_path(it, c, &TlsConfig::cert); }},
+    {"key", [](const Item& it, Cascade& c) { set_tls_path(it, c, &TlsConfig::key); }},
+    {"ca", [](const Item& it, Cascade& c) { set_tls_path(it, c, &TlsConfig::ca); }},
+    {"name",
+     [](const Item& it, Cascade& c) {
+       std::string name = scalar_of(it);
+       check_name(it, it.key, name, "certificate");
+       c.cfg.tls.name = std::move(name);
+     }},
+};
+
 const Key kSettingKeys[] = {
     {"replication", [](const Item& it, Cascade& c) { c.cfg.replication = enum_of(it, kReplicationNames); }},
     {"compression", [](const Item& it, Cascade& c) { c.cfg.compression = enum_of(it, kCompressionNames); }},
@@ -155,12 +172,30 @@ const Key kSettingKeys[] = {
      }},
     {"nbd", [](const Item& it, Cascade& c) { apply_entries(it, kNbdKeys, c); }},
     {"metrics", [](const Item& it, Cascade& c) { apply_entries(it, kMetricsKeys, c); }},
+    {"tls", [](const Item& it, Cascade& c) { apply_entries(it, kTlsKeys, c); }},
 };
 
 constexpr std::string_view kNodesKey = "nodes";
 
 
 bool has_key(const ResourceConfig& cfg) { return !cfg.psk.empty() || !cfg.psk_file.empty(); }
+// Either authenticates the link: the key, or a TLS certificate.
+bool authenticates(const ResourceConfig& cfg) { return has_key(cfg) || cfg.tls.enabled(); }
+
+// tls needs all three files, or none.
+void check_tls(std::string_view file, const Cascade& c) {
+  const TlsConfig& t = c.cfg.tls;
+  if (!t.enabled()) return;
+  std::vector<std::string> missing;
+  if (t.cert.empty()) missing.push_back("cert");
+  if (t.key.empty()) missing.push_back("key");
+  if (t.ca.empty()) missing.push_back("ca");
+  if (!missing.empty())
+    fail_key(file, c.tls.line, c.tls.key,
+             "node '" + c.cfg.node + "' has tls without " + join(missing) +
+                 "; TLS needs this node's certificate (cert), its private key (key) and the CA that signed the "
+                 "peer's (ca)");
+}
 
 // Secure by default (docs/config.md, "Authentication"): a peer link that
 // leaves loopback needs a key unless `auth: none` says otherwise.
@@ -173,13 +208,13 @@ void check_auth(std::string_view file, const Cascade& c) {
                  ") sets a key; remove one of them");
   if (cfg.auth == PeerAuth::kPsk && !has_key(cfg))
     fail_key(file, c.auth.line, c.auth.key, "is psk, but node '" + cfg.node + "' has no psk_file; " + genkey);
-  if (cfg.auth != PeerAuth::kDefault || has_key(cfg)) return;
+  if (cfg.auth != PeerAuth::kDefault || authenticates(cfg)) return;
   for (auto [addr, from] : {std::pair{&cfg.listen, &c.listen}, std::pair{&cfg.remote, &c.remote}}) {
     if (!addr->has_value() || is_loopback_host((*addr)->host)) continue;
     fail_key(file, from->line, from->key,
              (*addr)->to_string() + " is outside loopback, and node '" + cfg.node +
                  "' has no key for the peer link: set psk_file (" + genkey +
-                 ", copy it to both nodes), or write 'auth: none' to run the link unauthenticated");
+                 ", copy it to both nodes) or tls, or write 'auth: none' to run the link unauthenticated");
   }
 }
 
@@ -237,6 +272,7 @@ ResourceEntry walk_resource(const Item& res, const std::string& name, const Item
     apply_entries(res, kSettingKeys, c, kNodesKey);
     apply_entries(node, kSettingKeys, c);
     finish_node(node, res.key, c);
+    if (c.cfg.tls.enabled() && c.cfg.tls.name.empty()) c.cfg.tls.name = node_name;
     entry.node_list.push_back({node_name, std::move(c)});
   });
   if (entry.node_list.empty()) fail(*nodes, "no nodes; add one section per node");
@@ -318,9 +354,20 @@ void check_paths(const ParsedFile& f, std::string_view file) {
 
 // Per node, then across the two: either both hold a key or neither does.
 void check_auth(std::string_view file, const ResourceEntry& r) {
-  for (const NodeEntry& n : r.node_list) check_auth(file, n.c);
+  for (const NodeEntry& n : r.node_list) {
+    check_tls(file, n.c);
+    check_auth(file, n.c);
+  }
   if (r.node_list.size() != 2) return;
   const NodeEntry &x = r.node_list[0], &y = r.node_list[1];
+  if (x.c.cfg.tls.enabled() != y.c.cfg.tls.enabled()) {
+    const NodeEntry& with = x.c.cfg.tls.enabled() ? x : y;
+    const NodeEntry& without = x.c.cfg.tls.enabled() ? y : x;
+    fail_key(file, r.nodes.line, r.nodes.key,
+             "node '" + with.name + "' runs the peer link over TLS (" + with.c.tls.key + ", line " +
+                 std::to_string(with.c.tls.line) + ") but node '" + without.name +
+                 "' has no tls; both need it (their own cert and key, the same ca)");
+  }
   if (has_key(x.c.cfg) == has_key(y.c.cfg)) return;
   const NodeEntry& keyless = has_key(x.c.cfg) ? y : x;
   const NodeEntry& keyed = has_key(x.c.cfg) ? x : y;
@@ -388,8 +435,11 @@ ResourceConfig select(const ParsedFile& f, std::string_view file, std::string_vi
   for (const NodeEntry& n : r->node_list) {
     if (n.name != want) continue;
     ResourceConfig cfg = n.c.cfg;
-    for (const NodeEntry& other : r->node_list)
-      if (other.name != want) cfg.peer_node = other.name;
+    for (const NodeEntry& other : r->node_list) {
+      if (other.name == want) continue;
+      cfg.peer_node = other.name;
+      cfg.peer_tls_name = other.c.cfg.tls.name;
+    }
     return cfg;
   }
   for (const NodeEntry& n : r->node_list) names.push_back(n.name);

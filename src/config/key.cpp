@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 
 #include "detail.h"
 #include "hastnbd/config/config.h"
@@ -21,6 +22,38 @@ std::string octal(mode_t m) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "%04o", unsigned(m & 07777));
   return buf;
+}
+// A file whose contents matter: a regular file of at most `max` bytes. A
+// secret besides: owned by root or us, no access for group or others.
+Result<std::string> read_private_file(const std::string& path, const char* what, size_t max, bool secret) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    return Status::Error(err, std::string(what) + " " + path + ": " + std::strerror(err));
+  }
+  const std::string name = std::string(what) + " " + path;
+  struct stat st {};
+  std::string text(max + 1, '\0');
+  ssize_t n = -1;
+  Status s;
+  if (::fstat(fd, &st) != 0) {
+    s = Status::Error(errno, name + ": " + std::strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    s = Status::Error(EINVAL, name + " is not a regular file");
+  } else if (secret && (st.st_mode & 077)) {
+    s = Status::Error(EACCES, name + " has mode " + octal(st.st_mode) + ": group or others may read the key; chmod 600 " +
+                                  path + " (and replace the key if others may have read it)");
+  } else if (secret && st.st_uid != 0 && st.st_uid != ::geteuid()) {
+    s = Status::Error(EACCES, name + " belongs to uid " + std::to_string(st.st_uid) + ", not to root: chown root " + path);
+  } else if ((n = ::read(fd, text.data(), text.size())) < 0) {
+    s = Status::Error(errno, name + ": " + std::strerror(errno));
+  }
+  ::close(fd);
+  if (!s.ok()) return s;
+  if (size_t(n) > max)
+    return Status::Error(EINVAL, name + " is larger than " + std::to_string(max) + " bytes");
+  text.resize(size_t(n));
+  return text;
 }
 }  // namespace
 
@@ -36,36 +69,13 @@ Result<std::string> load_peer_key(const ResourceConfig& config) {
   }
   if (config.psk_file.empty()) return std::string();
   const std::string& path = config.psk_file;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-  if (fd < 0) {
-    int err = errno;
-    return Status::Error(err, "psk_file " + path + ": " + std::strerror(err) +
-                                  (err == ENOENT ? " (hastnbd-ctl genkey " + path + " writes one)" : ""));
+  auto text = read_private_file(path, "psk_file", kMaxKeyFile, true);
+  if (!text.ok()) {
+    if (text.status().code() == ENOENT)
+      return Status::Error(ENOENT, text.status().message() + " (hastnbd-ctl genkey " + path + " writes one)");
+    return text.status();
   }
-  struct stat st {};
-  std::string key(kMaxKeyFile + 1, '\0');
-  ssize_t n = -1;
-  Status s;
-  if (::fstat(fd, &st) != 0) {
-    s = Status::Error(errno, "psk_file " + path + ": " + std::strerror(errno));
-  } else if (!S_ISREG(st.st_mode)) {
-    s = Status::Error(EINVAL, "psk_file " + path + " is not a regular file");
-  } else if (st.st_mode & 077) {
-    s = Status::Error(EACCES, "psk_file " + path + " has mode " + octal(st.st_mode) +
-                                  ": group or others may read the key; chmod 600 " + path +
-                                  " (and replace the key if others may have read it)");
-  } else if (st.st_uid != 0 && st.st_uid != ::geteuid()) {
-    s = Status::Error(EACCES, "psk_file " + path + " belongs to uid " + std::to_string(st.st_uid) +
-                                  ", not to root: chown root " + path);
-  } else if ((n = ::read(fd, key.data(), key.size())) < 0) {
-    s = Status::Error(errno, "psk_file " + path + ": " + std::strerror(errno));
-  }
-  ::close(fd);
-  if (!s.ok()) return s;
-  if (size_t(n) > kMaxKeyFile)
-    return Status::Error(EINVAL, "psk_file " + path + " is larger than " + std::to_string(kMaxKeyFile) +
-                                     " bytes; it should hold one line, the key");
-  key.resize(size_t(n));
+  std::string key = std::move(*text);
   while (!key.empty() && (key.back() == '\n' || key.back() == '\r' || key.back() == ' ' || key.back() == '\t'))
     key.pop_back();
   if (key.size() < cfg::kMinKeyChars)
@@ -75,6 +85,22 @@ Result<std::string> load_peer_key(const ResourceConfig& config) {
   if (key.find('\n') != std::string::npos)
     return Status::Error(EINVAL, "psk_file " + path + " has more than one line; it should hold the key alone");
   return key;
+}
+
+Result<TlsMaterial> load_tls_material(const ResourceConfig& config) {
+  TlsMaterial m;
+  if (!config.tls.enabled()) return m;
+  constexpr size_t kMaxPem = 1 << 20;  // a chain of a few certificates is a few KiB
+  for (auto [path, what, out, secret] : {std::tuple{&config.tls.cert, "tls.cert", &m.cert_pem, false},
+                                         std::tuple{&config.tls.key, "tls.key", &m.key_pem, true},
+                                         std::tuple{&config.tls.ca, "tls.ca", &m.ca_pem, false}}) {
+    auto text = read_private_file(*path, what, kMaxPem, secret);
+    if (!text.ok()) return text.status();
+    if (text->find("-----BEGIN ") == std::string::npos)
+      return Status::Error(EINVAL, std::string(what) + " " + *path + " holds no PEM block (-----BEGIN ...)");
+    *out = std::move(*text);
+  }
+  return m;
 }
 
 Status write_new_key_file(const std::string& path) {

@@ -35,6 +35,17 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
     d.applied.push_back("peer key: changed (values not shown); the next connection uses it");
     cur.peer_key = next.peer_key;
   }
+  // TLS files: re-read by the daemon like the key; the next connection uses them.
+  if (note(true, "tls.cert", text(cur.tls.cert), text(next.tls.cert))) cur.tls.cert = next.tls.cert;
+  if (note(true, "tls.key", text(cur.tls.key), text(next.tls.key))) cur.tls.key = next.tls.key;
+  if (note(true, "tls.ca", text(cur.tls.ca), text(next.tls.ca))) cur.tls.ca = next.tls.ca;
+  if (note(true, "tls.name", text(cur.tls.name), text(next.tls.name))) cur.tls.name = next.tls.name;
+  if (note(true, "peer's tls.name", text(cur.peer_tls_name), text(next.peer_tls_name)))
+    cur.peer_tls_name = next.peer_tls_name;
+  if (cur.tls_material != next.tls_material) {
+    d.applied.push_back("tls credentials: changed (values not shown); the next connection uses them");
+    cur.tls_material = next.tls_material;
+  }
   // A new address for the same peer; adding or removing the peer is a
   // different resource layout.
   if (note(bool(cur.remote) == bool(next.remote), "remote", opt_address(cur.remote), opt_address(next.remote)))

@@ -1,3 +1,4 @@
+#include "hastnbd/peer/tls.h"
 #include "hastnbd/daemon/resource.h"
 
 #include <spdlog/spdlog.h>
@@ -37,12 +38,25 @@ Resource::Resource(asio::io_context& io, ResourceConfig config, ResourceSeams se
 
 Resource::~Resource() = default;
 
+// The TLS files, read and tried as a context now, so a bad certificate or a
+// key that does not match fails the start or the reload, not the next
+// connection.
+Status Resource::load_tls(ResourceConfig& c) {
+  auto material = load_tls_material(c);
+  if (!material.ok()) return material.status();
+  c.tls_material = std::move(*material);
+  if (!c.tls.enabled()) return Status::Ok();
+  auto ctx = make_tls_context(c);
+  return ctx.ok() ? Status::Ok() : ctx.status();
+}
+
 Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceConfig config, ResourceSeams seams) {
   std::unique_ptr<Resource> r(new Resource(io, std::move(config), std::move(seams)));
   const ResourceConfig& c = r->config_;
   auto key = load_peer_key(c);
   if (!key.ok()) return key.status();
   r->config_.peer_key = std::move(*key);
+  if (Status s = r->load_tls(r->config_); !s.ok()) return s;
   if (Status s = make_dir(c.run_dir); !s.ok()) return s;
   auto uring = Uring::create(io);
   if (!uring.ok()) return uring.status();
@@ -169,8 +183,9 @@ json Resource::reload() {
     // The key file is read again even when its path did not change: a
     // reload is how a new key takes effect (at the next connection).
     auto key = load_peer_key(*next);
+    Status tls = key.ok() ? load_tls(*next) : key.status();
     if (key.ok()) next->peer_key = std::move(*key);
-    else next = key.status();
+    if (!tls.ok()) next = tls;
   }
   if (!next.ok()) {
     spdlog::error("reload: {}; nothing changed", next.status().message());

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "hastnbd/peer/tls.h"
+
 namespace hastnbd {
 
 namespace {
@@ -23,19 +25,74 @@ PeerConnection::PeerConnection(Socket socket, BufferPool& pool, std::chrono::sec
       pool_(pool),
       timeout_(timeout),
       peer_(std::move(peer)),
-      changed_(socket_.get_executor()),
-      keepalive_timer_(socket_.get_executor()),
-      watchdog_timer_(socket_.get_executor()) {
+      changed_(socket_->get_executor()),
+      keepalive_timer_(socket_->get_executor()),
+      watchdog_timer_(socket_->get_executor()) {
   last_received_ = last_sent_ = std::chrono::steady_clock::now();
+}
+
+PeerConnection::PeerConnection(std::shared_ptr<Tls> tls, BufferPool& pool, std::chrono::seconds timeout,
+                               std::string peer)
+    : tls_(std::move(tls)),
+      pool_(pool),
+      timeout_(timeout),
+      peer_(std::move(peer)),
+      changed_(tls_->get_executor()),
+      keepalive_timer_(tls_->get_executor()),
+      watchdog_timer_(tls_->get_executor()) {
+  last_received_ = last_sent_ = std::chrono::steady_clock::now();
+}
+
+std::string PeerConnection::tls_description() const { return tls_ ? hastnbd::tls_description(*tls_) : std::string(); }
+
+PeerConnection::Socket& PeerConnection::lowest() { return tls_ ? tls_->next_layer() : *socket_; }
+
+template <class Buffers>
+awaitable<std::tuple<error_code, size_t>> PeerConnection::read_exactly(const Buffers& b) {
+  if (tls_) co_return co_await asio::async_read(*tls_, b, large_transfers, use_nothrow);
+  co_return co_await asio::async_read(*socket_, b, large_transfers, use_nothrow);
+}
+
+// Over TLS, Asio writes only the first buffer of a sequence per call, one
+// TLS record each: headers and small payloads are copied together first so
+// a batch of small records becomes few large TLS records. Data payloads
+// (16 KiB and more) go as they are.
+awaitable<error_code> PeerConnection::write_all(const std::vector<asio::const_buffer>& bufs) {
+  if (!tls_) {
+    auto [ec, n] = co_await asio::async_write(*socket_, bufs, large_transfers, use_nothrow);
+    co_return ec;
+  }
+  constexpr size_t kSmall = 16 << 10;
+  stage_.clear();
+  for (const asio::const_buffer& b : bufs) {
+    if (b.size() < kSmall) {
+      const auto* p = static_cast<const uint8_t*>(b.data());
+      stage_.insert(stage_.end(), p, p + b.size());
+      continue;
+    }
+    if (!stage_.empty()) {
+      auto [ec, n] = co_await asio::async_write(*tls_, asio::buffer(stage_), use_nothrow);
+      if (ec) co_return ec;
+      stage_.clear();
+    }
+    auto [ec, n] = co_await asio::async_write(*tls_, b, use_nothrow);
+    if (ec) co_return ec;
+  }
+  if (!stage_.empty()) {
+    auto [ec, n] = co_await asio::async_write(*tls_, asio::buffer(stage_), use_nothrow);
+    if (ec) co_return ec;
+  }
+  co_return error_code();
 }
 
 PeerConnection::~PeerConnection() = default;
 
 void PeerConnection::start() {
   auto self = shared_from_this();
-  asio::co_spawn(socket_.get_executor(), [self]() -> awaitable<void> { co_await self->writer(); }, asio::detached);
-  asio::co_spawn(socket_.get_executor(), [self]() -> awaitable<void> { co_await self->keepalive(); }, asio::detached);
-  asio::co_spawn(socket_.get_executor(), [self]() -> awaitable<void> { co_await self->watchdog(); }, asio::detached);
+  auto ex = lowest().get_executor();
+  asio::co_spawn(ex, [self]() -> awaitable<void> { co_await self->writer(); }, asio::detached);
+  asio::co_spawn(ex, [self]() -> awaitable<void> { co_await self->keepalive(); }, asio::detached);
+  asio::co_spawn(ex, [self]() -> awaitable<void> { co_await self->watchdog(); }, asio::detached);
 }
 
 void PeerConnection::close(const std::string& reason) {
@@ -43,8 +100,8 @@ void PeerConnection::close(const std::string& reason) {
   open_ = false;
   close_reason_ = reason;
   error_code ec;
-  socket_.shutdown(asio::socket_base::shutdown_both, ec);
-  socket_.close(ec);
+  lowest().shutdown(asio::socket_base::shutdown_both, ec);
+  lowest().close(ec);
   keepalive_timer_.cancel();
   watchdog_timer_.cancel();
   queue_.clear();
@@ -58,7 +115,7 @@ awaitable<void> PeerConnection::wait_closed() {
 
 awaitable<Result<Frame>> PeerConnection::read_frame() {
   std::array<uint8_t, peer::kHeaderSize> hdr;
-  auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(hdr), use_nothrow);
+  auto [ec, n] = co_await read_exactly(asio::buffer(hdr));
   if (ec) {
     close(ec == asio::error::eof ? "peer closed the connection" : "read: " + ec.message());
     co_return Status::Error(ECONNRESET, close_reason_);
@@ -80,8 +137,7 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
   Frame f{*h, Buffer()};
   if (h->payload_length > 0) {
     f.payload = pool_.get(h->payload_length);
-    auto [ec2, n2] = co_await asio::async_read(socket_, asio::buffer(f.payload.data(), h->payload_length),
-                                               large_transfers, use_nothrow);
+    auto [ec2, n2] = co_await read_exactly(asio::buffer(f.payload.data(), h->payload_length));
     if (ec2) {
       close(ec2 == asio::error::eof ? "peer closed the connection mid-frame" : "read: " + ec2.message());
       co_return Status::Error(ECONNRESET, close_reason_);
@@ -152,7 +208,7 @@ awaitable<void> PeerConnection::writer() {
       bytes += queue_[i].header.size() + payload.size();
     }
     writing_ = true;
-    auto [ec, written] = co_await asio::async_write(socket_, bufs, large_transfers, use_nothrow);
+    error_code ec = co_await write_all(bufs);
     writing_ = false;
     if (ec || !open_) {
       close(open_ ? "write: " + ec.message() : close_reason_);

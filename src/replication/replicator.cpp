@@ -6,6 +6,7 @@
 
 #include "hastnbd/base/role.h"
 #include "hastnbd/peer/auth.h"
+#include "hastnbd/peer/tls.h"
 #include "hastnbd/peer/handshake.h"
 
 namespace hastnbd {
@@ -279,9 +280,22 @@ awaitable<void> Replicator::run(uint64_t run_id) {
                                    config_.source);
     Status s = sock.ok() ? Status::Ok() : sock.status();
     std::shared_ptr<PeerConnection> conn;
-    if (s.ok() && current()) {
+    if (s.ok() && current() && config_.tls.enabled()) {
+      auto ctx = make_tls_context(config_);
+      Result<std::shared_ptr<TlsStream>> tls = ctx.status();
+      if (ctx.ok())
+        tls = co_await tls_handshake(std::move(*sock), **ctx, /*server=*/false, config_.peer_tls_name,
+                                     std::chrono::seconds(config_.timeout));
+      if (tls.ok())
+        conn = std::make_shared<PeerConnection>(std::move(*tls), pool_, std::chrono::seconds(config_.timeout),
+                                                peer_name_);
+      else
+        s = tls.status();
+    } else if (s.ok() && current()) {
       conn = std::make_shared<PeerConnection>(std::move(*sock), pool_, std::chrono::seconds(config_.timeout),
                                               peer_name_);
+    }
+    if (conn && current()) {
       conn->start();
       s = co_await handshake(conn);
     }
@@ -354,7 +368,8 @@ nlohmann::json Replicator::status() const {
       {"node", peer_name_},
       {"remote", config_.remote ? config_.remote->to_string() : ""},
       {"source", config_.source ? config_.source->host : ""},
-      {"auth", config_.peer_key.empty() ? "none" : "psk"},
+      {"auth", link_security(config_)},
+      {"tls", conn_ && conn_->is_tls() ? conn_->tls_description() : ""},
       {"last_error", last_error_},
       {"connects", connects_},
       {"inflight_records", pending_.size()},

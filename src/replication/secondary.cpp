@@ -8,6 +8,7 @@
 #include "hastnbd/base/role.h"
 #include "hastnbd/peer/auth.h"
 #include "hastnbd/peer/handshake.h"
+#include "hastnbd/peer/tls.h"
 
 namespace hastnbd {
 
@@ -105,11 +106,70 @@ awaitable<void> Secondary::admit(asio::ip::tcp::socket sock) {
     co_return;
   }
   sock.set_option(asio::ip::tcp::no_delay(true), ignored);
-  co_await serve(PeerConnection::Socket(std::move(sock)), who, /*counted=*/true);
+  // One deadline for TLS and AUTH together: a slot is held at most this long
+  // however slowly the other side trickles its bytes.
+  const auto deadline = std::chrono::steady_clock::now() + kHandshakeTimeout;
+  std::shared_ptr<PeerConnection> conn;
+  if (config_.tls.enabled()) {
+    conn = co_await start_tls(PeerConnection::Socket(std::move(sock)), who, deadline);
+  } else {
+    PeerConnection::Socket s(std::move(sock));
+    // A TLS client here means the nodes disagree about tls: say so.
+    const FirstBytes first = co_await peek_first_bytes(s, kHandshakeTimeout);
+    if (first == FirstBytes::kTls)
+      log_refusal(who, "it starts TLS, but this node has no tls configured for the peer link");
+    else if (first == FirstBytes::kNothing)
+      log_refusal(who, "sent nothing within the handshake time");
+    else
+      conn = std::make_shared<PeerConnection>(std::move(s), pool_, kHandshakeTimeout, who);
+  }
+  if (!conn) {
+    --handshakes_;
+    co_return;
+  }
+  co_await serve(std::move(conn), who, /*counted=*/true, deadline);
+}
+
+awaitable<std::shared_ptr<PeerConnection>> Secondary::start_tls(PeerConnection::Socket socket, const std::string& who,
+                                                                std::chrono::steady_clock::time_point deadline) {
+  const FirstBytes first = co_await peek_first_bytes(socket, kHandshakeTimeout);
+  if (first == FirstBytes::kPeerRecord) {
+    // A plain hastnbd primary: it reads one plain ERROR with the reason.
+    auto plain = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
+    plain->start();
+    log_refusal(who, "it speaks the peer protocol without TLS, but this node requires TLS (tls)");
+    plain->send_error(0, Status::Error(EACCES, "node '" + config_.node +
+                                                   "' runs the peer link over TLS only; set tls on this node too"));
+    co_await plain->drain_sends();
+    plain->close("plain peer refused");
+    co_return nullptr;
+  }
+  if (first != FirstBytes::kTls) {
+    log_refusal(who, first == FirstBytes::kNothing ? "sent nothing within the handshake time"
+                                                   : "not a TLS ClientHello (this node runs the peer link over TLS)");
+    co_return nullptr;
+  }
+  auto ctx = make_tls_context(config_);
+  if (!ctx.ok()) {
+    log_refusal(who, "this node's TLS setup: " + ctx.status().message());
+    co_return nullptr;
+  }
+  const auto left = std::chrono::ceil<std::chrono::seconds>(deadline - std::chrono::steady_clock::now());
+  auto tls = co_await tls_handshake(std::move(socket), **ctx, /*server=*/true, config_.peer_tls_name,
+                                    std::max(left, std::chrono::seconds(1)));
+  if (!tls.ok()) {
+    log_refusal(who, tls.status().message());
+    co_return nullptr;
+  }
+  co_return std::make_shared<PeerConnection>(std::move(*tls), pool_, kHandshakeTimeout, who);
 }
 
 void Secondary::serve_connection(PeerConnection::Socket socket, std::string who) {
-  asio::co_spawn(io_, serve(std::move(socket), std::move(who), /*counted=*/false), asio::detached);
+  auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
+  asio::co_spawn(io_,
+                 serve(std::move(conn), std::move(who), /*counted=*/false,
+                       std::chrono::steady_clock::now() + kHandshakeTimeout),
+                 asio::detached);
 }
 
 void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
@@ -119,12 +179,23 @@ void Secondary::reply(PeerConnection& conn, uint8_t type, uint64_t seq) {
   conn.send(h);
 }
 
-awaitable<void> Secondary::serve(PeerConnection::Socket socket, std::string who, bool counted) {
-  auto conn = std::make_shared<PeerConnection>(std::move(socket), pool_, kHandshakeTimeout, who);
+awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::string who, bool counted,
+                                 std::chrono::steady_clock::time_point deadline) {
   conn->start();
   // Nothing past AUTH_* is parsed before the peer proved the key; the link
-  // reads at most kMaxAuthPayload bytes per record until then.
+  // reads at most kMaxAuthPayload bytes per record until then, and all of
+  // it must be done by the deadline (the link's own timeout only measures
+  // silence, which a trickle of bytes would defeat).
+  auto finished = std::make_shared<bool>(false);
+  asio::steady_timer timer(io_);
+  timer.expires_at(deadline);
+  timer.async_wait([finished, weak = std::weak_ptr<PeerConnection>(conn)](error_code ec) {
+    if (ec || *finished) return;
+    if (auto c = weak.lock()) c->close("not authenticated within the handshake time");
+  });
   auto auth = co_await peer::authenticate_responder(*conn, peer::auth_params(config_));
+  *finished = true;
+  timer.cancel();
   if (counted) --handshakes_;
   if (!auth.ok()) {
     log_refusal(who, auth.status().message());
@@ -325,7 +396,8 @@ nlohmann::json Secondary::status() const {
       {"connects", connects_},
       {"refused", refused_},
       {"last_refused", last_refusal_},
-      {"auth", config_.peer_key.empty() ? "none" : "psk"},
+      {"auth", link_security(config_)},
+      {"tls", conn_ && conn_->is_tls() ? conn_->tls_description() : ""},
       {"records_applied", records_applied_},
       {"apply_errors", apply_errors_},
       {"applying", applying_},

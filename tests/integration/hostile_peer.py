@@ -635,6 +635,33 @@ class Primary:
         frames = link.frames_until_eof(timeout=15)
         return {"dropped": True, "frames": describe(frames), "seconds": round(time.monotonic() - t, 3)}
 
+    def sc_trickle(self):
+        """A valid AUTH_HELLO sent one byte a second: never silent long
+        enough for an idle timeout, so only an absolute handshake deadline
+        (10 s) closes it. Stops by itself after 30 s."""
+        link = self.link()
+        f, _ = self.auth_hello()
+        t = time.monotonic()
+        sent = 0
+        while sent < len(f) and time.monotonic() - t < 30:
+            r, _, _ = select.select([link.s], [], [], 1.0)
+            if r:  # a KEEPALIVE, or the node closed (EOF or RST)
+                try:
+                    if not link.s.recv(4096):
+                        break
+                except OSError:
+                    break
+                continue
+            try:
+                link.s.sendall(f[sent:sent + 1])
+            except OSError:
+                break
+            sent += 1
+        secs = round(time.monotonic() - t, 3)
+        if sent >= len(f):
+            raise Fail(f"the node read all {sent} trickled bytes over {secs} s without closing")
+        return {"dropped": True, "bytes_sent": sent, "seconds": secs}
+
     def sc_idle_flood(self):
         """--connections idle connections at once: those over the node's
         limit of 4 authenticating at a time are closed at once, the rest

@@ -633,7 +633,10 @@ free_ports() {
 # (e.g. a peer that is not where the other node listens). The link is
 # authenticated as a real pair's is: both nodes' psk_file is DIR/peer.key
 # (made with hastnbd-ctl genkey unless present); PAIR_AUTH=none writes
-# `auth: none` instead. Extra lines go into the resource section.
+# `auth: none` instead, PAIR_AUTH=nokey neither (for a TLS-only link).
+# PAIR_TLS=DIR gives each node `tls:` with DIR/N.crt, DIR/N.key and
+# DIR/ca.crt (make_test_pki writes them). Extra lines go into the resource
+# section.
 write_pair_config() {
   local file="$1" addr_a="$2" addr_b="$3" dir line n auth
   shift 3
@@ -642,8 +645,15 @@ write_pair_config() {
     [ -e "$dir/disk-$n.img" ] || make_disk "$dir/disk-$n.img" "${PAIR_DISK_SIZE:-256M}"
     mkdir -p "$dir/run-$n" "$dir/state-$n"
   done
+  local tls_a="" tls_b=""
+  if [ -n "${PAIR_TLS:-}" ]; then
+    tls_a=", tls: {cert: $PAIR_TLS/a.crt, key: $PAIR_TLS/a.key, ca: $PAIR_TLS/ca.crt}"
+    tls_b=", tls: {cert: $PAIR_TLS/b.crt, key: $PAIR_TLS/b.key, ca: $PAIR_TLS/ca.crt}"
+  fi
   if [ "${PAIR_AUTH:-psk}" = none ]; then
     auth="auth: none"
+  elif [ "${PAIR_AUTH:-psk}" = nokey ]; then
+    auth="# no psk"
   else
     [ -e "$dir/peer.key" ] || "$HASTNBD_BIN/hastnbd-ctl" genkey "$dir/peer.key" >/dev/null \
       || die "hastnbd-ctl genkey $dir/peer.key failed"
@@ -664,10 +674,53 @@ write_pair_config() {
     done
     echo "    nodes:"
     echo "      a: {local: $dir/disk-a.img, run_dir: $dir/run-a, state_dir: $dir/state-a," \
-      "listen: \"$addr_a\", remote: \"${PAIR_REMOTE_A:-$addr_b}\"}"
+      "listen: \"$addr_a\", remote: \"${PAIR_REMOTE_A:-$addr_b}\"$tls_a}"
     echo "      b: {local: $dir/disk-b.img, run_dir: $dir/run-b, state_dir: $dir/state-b," \
-      "listen: \"$addr_b\", remote: \"${PAIR_REMOTE_B:-$addr_a}\"}"
+      "listen: \"$addr_b\", remote: \"${PAIR_REMOTE_B:-$addr_a}\"$tls_b}"
   } >"$file"
+}
+
+# make_test_pki DIR: a test CA (DIR/ca.crt) and certificates for nodes a and
+# b (DIR/N.crt, DIR/N.key, mode 0600), EC P-256, valid for a day, SAN DNS:N,
+# usable as TLS server and client. Besides, for the attacks: rogue-a (a
+# certificate for "a" from another CA), c (from the real CA, for "c") and
+# expired-a (for "a", from the real CA, expired in 2020).
+make_test_pki() {
+  local d="$1" n
+  require_cmd openssl
+  mkdir -p "$d"
+  (
+    set -e
+    cd "$d"
+    umask 077
+    for ca in ca rogue-ca; do
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$ca.key" -out "$ca.crt" \
+        -days 2 -subj "/CN=hastnbd test $ca" -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    done
+    leaf() {  # NAME CN CA [openssl ca dates]
+      printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' "$2" >"$1.ext"
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" \
+        -subj "/CN=$2" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA "$3.crt" -CAkey "$3.key" -CAcreateserial -days 1 -sha256 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    }
+    leaf a a ca
+    leaf b b ca
+    leaf c c ca
+    leaf rogue-a a rogue-ca
+    # Expired: openssl ca takes explicit dates (openssl x509 -req cannot backdate).
+    mkdir -p ca-db
+    : >ca-db/index.txt
+    echo 1000 >ca-db/serial
+    printf '[ca]\ndefault_ca=x\n[x]\ndatabase=ca-db/index.txt\nnew_certs_dir=ca-db\nserial=ca-db/serial\ndefault_md=sha256\npolicy=p\ncopy_extensions=copy\n[p]\ncommonName=supplied\n' >ca.cnf
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout expired-a.key -out expired-a.csr \
+      -subj "/CN=a" 2>/dev/null
+    openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in expired-a.csr -out expired-a.crt \
+      -startdate 20200101000000Z -enddate 20200102000000Z -extfile a.ext -notext 2>/dev/null
+    chmod 644 ./*.crt
+  ) || die "make_test_pki: openssl failed"
+  for n in a b c rogue-a expired-a; do [ -s "$d/$n.crt" ] || die "make_test_pki: no $d/$n.crt"; done
 }
 
 # status_field CONF NODE SUBSCRIPT: one field of `status --json data`, e.g.

@@ -183,10 +183,14 @@ refusal unknown_type "unknown record type 42"
 refusal unknown_flag "unknown flags 0x100"
 refusal truncated_header "closed the connection"
 refusal truncated_payload "closed the connection mid-frame"
-refusal idle "peer silent for 10 s"
+refusal idle "sent nothing within the handshake time"
 secs="$(json_of '["seconds"]')"
 "$HASTNBD_PYTHON" -c "import sys; sys.exit(not 9 <= float(sys.argv[1]) <= 13)" "$secs" \
   || die "an idle connection was closed after $secs s (want the 10 s handshake timeout)"
+refusal trickle "not authenticated within the handshake time"
+secs="$(json_of '["seconds"]')"
+"$HASTNBD_PYTHON" -c "import sys; sys.exit(not 9 <= float(sys.argv[1]) <= 14)" "$secs" \
+  || die "a connection trickling a byte every 2 s was closed after $secs s (want the 10 s deadline)"
 before="$(status_field "$conf" b '["peer"]["refused"]')"
 hostile primary idle_flood --connections 8
 [ "$(json_of '["at_once"]')" -ge 4 ] && [ "$(json_of '["held"]')" -le 4 ] \

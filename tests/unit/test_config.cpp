@@ -419,7 +419,7 @@ TEST_CASE("config: unknown keys", "[config]") {
   CHECK(error_of(with_resource_line("colour: blue"))
             .starts_with("t.yaml:3: resources.data.colour: unknown key (known keys: replication, "
                          "compression, checksum, "));
-  CHECK(error_of(with_resource_line("colour: blue")).ends_with(", meta, nbd, metrics, nodes)"));
+  CHECK(error_of(with_resource_line("colour: blue")).ends_with(", meta, nbd, metrics, tls, nodes)"));
   CHECK(error_of("resources:\n  data:\n    nodes:\n      a:\n        local: /dev/vdb\n        lisen: "
                  "\"1.2.3.4:5\"\n") ==
         "t.yaml:6: resources.data.nodes.a.lisen: unknown key; did you mean 'listen'?");
@@ -1090,7 +1090,7 @@ TEST_CASE("config: peer authentication is required off loopback", "[config][auth
     CHECK(error_of(pair("", "")) ==
           "t.yaml:4: resources.data.nodes.a.listen: 192.0.2.1:8457 is outside loopback, and node 'a' has no key for "
           "the peer link: set psk_file ('hastnbd-ctl genkey /etc/hastnbd/data.key' writes one, copy it to both "
-          "nodes), or write 'auth: none' to run the link unauthenticated");
+          "nodes) or tls, or write 'auth: none' to run the link unauthenticated");
     // remote alone off loopback counts too
     CHECK(error_of("resources:\n  data:\n    nodes:\n      a: {local: /dev/vdb, remote: \"192.0.2.2:8457\"}\n")
               .starts_with("t.yaml:4: resources.data.nodes.a.remote: 192.0.2.2:8457 is outside loopback"));
@@ -1135,5 +1135,40 @@ TEST_CASE("config: peer authentication is required off loopback", "[config][auth
     CHECK(error_of(pair(", psk_file: /k", ", auth: none")) ==
           "t.yaml:3: resources.data.nodes: node 'a' authenticates the peer link (resources.data.nodes.a.psk_file, "
           "line 4) but node 'b' has no key; both need the same one");
+  }
+}
+
+TEST_CASE("config: tls on the peer link", "[config][tls]") {
+  auto pair = [](const std::string& tls_a, const std::string& tls_b, const std::string& defaults = "") {
+    return defaults + "resources:\n  data:\n    nodes:\n"
+           "      a: {local: /dev/vdb, listen: \"192.0.2.1:8457\", remote: \"192.0.2.2:8457\"" + tls_a + "}\n"
+           "      b: {local: /dev/vdb, listen: \"192.0.2.2:8457\", remote: \"192.0.2.1:8457\"" + tls_b + "}\n";
+  };
+  const std::string ta = ", tls: {cert: /t/a.crt, key: /t/a.key, ca: /t/ca.crt}";
+  const std::string tb = ", tls: {cert: /t/b.crt, key: /t/b.key, ca: /t/ca.crt}";
+  SECTION("tls alone authenticates the link off loopback; names default to the node names") {
+    ResourceConfig a = parse_ok(pair(ta, tb));
+    CHECK(a.tls == TlsConfig{"/t/a.crt", "/t/a.key", "/t/ca.crt", "a"});
+    CHECK(a.peer_tls_name == "b");
+    CHECK(a.psk_file.empty());
+    CHECK(parse_ok(pair(ta, tb), "data", "b").peer_tls_name == "a");
+  }
+  SECTION("ca from defaults, cert and key per node; a certificate name of its own") {
+    ResourceConfig b = parse_ok(pair(", tls: {cert: /t/a.crt, key: /t/a.key, name: hosta.example.org}",
+                                     ", tls: {cert: /t/b.crt, key: /t/b.key}", "defaults: {tls: {ca: /t/ca.crt}}\n"),
+                                "data", "b");
+    CHECK(b.tls == TlsConfig{"/t/b.crt", "/t/b.key", "/t/ca.crt", "b"});
+    CHECK(b.peer_tls_name == "hosta.example.org");
+  }
+  SECTION("mistakes") {
+    CHECK(error_of(pair(", tls: {cert: /t/a.crt}", tb)) ==
+          "t.yaml:4: resources.data.nodes.a.tls.cert: node 'a' has tls without key, ca; TLS needs this node's "
+          "certificate (cert), its private key (key) and the CA that signed the peer's (ca)");
+    CHECK(error_of(pair(ta, ", psk_file: /k")) ==
+          "t.yaml:3: resources.data.nodes: node 'a' runs the peer link over TLS (resources.data.nodes.a.tls.ca, "
+          "line 4) but node 'b' has no tls; both need it (their own cert and key, the same ca)");
+    CHECK(error_of(pair(", tls: {cert: a.crt}", tb)).starts_with("t.yaml:4: resources.data.nodes.a.tls.cert: 'a.crt' is not an absolute path"));
+    CHECK(error_of(pair(", tls: {cert: /a, key: /b, ca: /c, colour: red}", tb))
+              .starts_with("t.yaml:4: resources.data.nodes.a.tls.colour: unknown key (known keys: cert, key, ca, name)"));
   }
 }

@@ -62,6 +62,23 @@ struct NbdConfig {
   unsigned connections = 1;       // kernel client connections, 1..16
 };
 
+// `tls: {cert, key, ca, name}` of a node (docs/config.md, "TLS"): mutual
+// TLS 1.3 on the peer link. Merged key by key down the cascade, so `ca` can
+// sit in defaults and cert/key in the node's section.
+struct TlsConfig {
+  std::string cert;  // this node's certificate chain (PEM)
+  std::string key;   // its private key (PEM), mode 0600 like a psk_file
+  std::string ca;    // the CA (PEM) the peer's certificate must chain to
+  std::string name;  // the name this node's certificate is for; default the node name
+  bool enabled() const { return !cert.empty() || !key.empty() || !ca.empty(); }
+  bool operator==(const TlsConfig&) const = default;
+};
+// The TLS files as the daemon read them (load_tls_material): PEM text.
+struct TlsMaterial {
+  std::string cert_pem, key_pem, ca_pem;
+  bool operator==(const TlsMaterial&) const = default;
+};
+
 struct ResourceConfig {
   std::string config_path;  // the file it came from
   std::string name;         // resource name; also the NBD export name
@@ -85,6 +102,9 @@ struct ResourceConfig {
   std::string psk;                    // the pre-shared key written in the file (prefer psk_file)
   std::string psk_file;               // a file holding the key, mode 0600 or stricter
   std::string peer_key;               // not from the file: the key load_peer_key() read (the daemon sets it)
+  TlsConfig tls;                      // this node's; tls.name filled in (default the node name)
+  std::string peer_tls_name;          // the name the peer's certificate must carry (its tls.name)
+  TlsMaterial tls_material;           // not from the file: what load_tls_material() read
 
   std::string local;                  // backing device or file (required)
   std::optional<Address> listen;      // peer listen address of this node
@@ -117,6 +137,10 @@ ReloadDiff apply_reload(ResourceConfig& running, const ResourceConfig& next);
 // others may read. Empty when the link is not authenticated. Read at start
 // and at each reload, so a new key takes effect at the next connect.
 Result<std::string> load_peer_key(const ResourceConfig& config);
+// The files of `tls`, read with the checks of a secret for the key (a
+// regular file, owned by root or us, no access for group or others) and of
+// a regular file for the certificates. Empty when tls is not set.
+Result<TlsMaterial> load_tls_material(const ResourceConfig& config);
 // A new key file: 32 random bytes as 64 hex digits, mode 0600; never
 // replaces an existing file.
 Status write_new_key_file(const std::string& path);

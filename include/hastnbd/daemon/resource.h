@@ -89,6 +89,7 @@ class Resource {
  private:
   Resource(asio::io_context& io, ResourceConfig config, ResourceSeams seams);
   Status become_primary();
+  static Status load_tls(ResourceConfig& c);
   awaitable<void> leave_primary();
   peer::Hello hello() const;
   void wire_peer_events();

@@ -19,6 +19,11 @@
 #include "hastnbd/peer/protocol.h"
 #include "hastnbd/base/status.h"
 
+namespace boost::asio::ssl {
+template <typename Stream>
+class stream;
+}
+
 namespace hastnbd {
 
 struct PeerStats {
@@ -39,7 +44,10 @@ struct Frame {
 class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
  public:
   using Socket = asio::generic::stream_protocol::socket;
+  using Tls = asio::ssl::stream<Socket>;
   PeerConnection(Socket socket, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
+  // The same over an established TLS stream (peer/tls.h).
+  PeerConnection(std::shared_ptr<Tls> tls, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
   ~PeerConnection();
 
   // Starts the writer, keepalive and watchdog.
@@ -73,6 +81,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   }
 
   bool is_open() const { return open_; }
+  bool is_tls() const { return tls_ != nullptr; }
+  std::string tls_description() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty when plain
   const std::string& close_reason() const { return close_reason_; }
   const std::string& peer() const { return peer_; }
   const PeerStats& stats() const { return stats_; }
@@ -95,7 +105,14 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<void> keepalive();
   awaitable<void> watchdog();
 
-  Socket socket_;
+  Socket& lowest();
+  template <class Buffers>
+  awaitable<std::tuple<error_code, size_t>> read_exactly(const Buffers& b);
+  awaitable<error_code> write_all(const std::vector<asio::const_buffer>& bufs);
+
+  std::optional<Socket> socket_;  // plain, or
+  std::shared_ptr<Tls> tls_;      // TLS over the socket it owns
+  std::vector<uint8_t> stage_;    // TLS: small pieces coalesced into one record
   uint32_t max_payload_ = peer::kMaxAuthPayload;  // until authenticated
   BufferPool& pool_;
   std::chrono::seconds timeout_;

@@ -64,7 +64,11 @@ class Secondary {
   awaitable<void> admit(asio::ip::tcp::socket socket);  // source check, then serve()
   awaitable<bool> from_configured_peer(const asio::ip::tcp::socket& socket);
   // `counted`: the connection came through admit() and holds a handshake slot.
-  awaitable<void> serve(PeerConnection::Socket socket, std::string peer, bool counted);
+  awaitable<void> serve(std::shared_ptr<PeerConnection> conn, std::string peer, bool counted,
+                        std::chrono::steady_clock::time_point deadline);
+  // TLS (config tls): what the connection starts with, then the handshake.
+  awaitable<std::shared_ptr<PeerConnection>> start_tls(PeerConnection::Socket socket, const std::string& who,
+                                                       std::chrono::steady_clock::time_point deadline);
   void log_refusal(const std::string& who, const std::string& why);
   awaitable<void> refuse(std::shared_ptr<PeerConnection> conn, const std::string& who, const Status& s,
                          bool always_log);
