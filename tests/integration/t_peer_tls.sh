@@ -11,7 +11,9 @@
 #         client with a's real certificate (the control) does get an
 #         AUTH_CHALLENGE, so the refusals are the certificates' doing;
 #   (iii) a real primary whose tls.ca is another CA refuses the secondary's
-#         certificate and says so; one without tls is told by the TLS node.
+#         certificate and says so; one without tls is told by the TLS node;
+#   (iv)  failover over TLS: b promoted, a back as its secondary (b is now
+#         the TLS client), the resync copies what b wrote.
 source "$(dirname "$0")/lib.sh"
 require_cmd qemu-io openssl
 TLSC="$LIB_DIR/tls_client.py"
@@ -100,6 +102,28 @@ pid_a=$DAEMON_PID
 make_primary "$conf_p" a data
 wait_for 20 "a to be told b needs TLS" sh -c "grep -q 'over TLS only' '$log_a'" \
   || { show_log "$log_a"; die "(iii) a plain primary was not told that b runs TLS"; }
+stop_daemon "$pid_a"
+
+# --- (iv) failover over TLS: b becomes primary, a returns as its secondary ----------
+hastnbd_ctl "$conf" b role primary data >/dev/null || die "(iv) role primary on b failed"
+sock_b="$(nbd_socket "$conf" b data)"
+wait_for 20 "NBD socket on b" test -S "$sock_b" || die "(iv) no NBD socket on b"
+_qemu_io "$(nbd_uri "$sock_b" data)" "write -P 0x71 12582912 1048576" "flush" >/dev/null
+start_daemon "$conf" a data
+pid_a=$DAEMON_PID
+hastnbd_ctl "$conf" a role secondary data >/dev/null || die "(iv) role secondary on a failed"
+wait_peer_state "$conf" b connected 15 || { show_log "$log_a"; die "(iv) b did not connect to a over TLS"; }
+wait_in_sync "$conf" b 60 || die "(iv) the resync b -> a did not finish"
+[ "$(status_field "$conf" b '["peer"]["auth"]')" = "tls+psk" ] || die "(iv) b's link is not tls+psk"
+[[ "$(status_field "$conf" b '["peer"]["tls"]')" == TLSv1.3* ]] || die "(iv) b's link is not TLS 1.3"
+"$HASTNBD_PYTHON" - "$T/disk-a.img" <<'PY' || die "(iv) a does not hold what b wrote after the failover"
+import sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(12582912)
+    if f.read(1048576) != b"\x71" * 1048576:
+        sys.exit("1 MiB at 12 MiB on a is not 0x71")
+PY
+log "(iv) failover: b primary, a back as secondary over TLS, resynced"
 stop_daemon "$pid_a"
 stop_daemon "$pid_b"
 log "t_peer_tls: TLS pair replicates; other CA, wrong name, expired, no certificate and plain refused with reasons; disk untouched"
