@@ -680,6 +680,16 @@ write_pair_config() {
   } >"$file"
 }
 
+# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return 0; }
+  stat="${stat##*) }"
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo $((${12} + ${13}))          # fields 14 and 15 of the whole line
+}
+
 # make_test_pki DIR: a test CA (DIR/ca.crt) and certificates for nodes a and
 # b (DIR/N.crt, DIR/N.key, mode 0600), EC P-256, valid for a day, SAN DNS:N,
 # usable as TLS server and client. Besides, for the attacks: rogue-a (a
