@@ -106,7 +106,10 @@ awaitable<void> NbdServer::Connection::transmission() {
       continue;
     }
     uint64_t cost = (r.type == nbd::kCmdRead || r.type == nbd::kCmdWrite) ? r.length : 0;
-    while (inflight_ >= kMaxInflightRequests || (inflight_ > 0 && inflight_bytes_ + cost > kMaxInflightBytes))
+    // Replies queued but not yet written count as in flight: a client that
+    // never reads them must not make the connection hold ever more data.
+    while (inflight_ + replies_.size() >= kMaxInflightRequests ||
+           ((inflight_ > 0 || queued_bytes_ > 0) && inflight_bytes_ + queued_bytes_ + cost > kMaxInflightBytes))
       co_await changed_.wait();
     Buffer payload;
     if (r.type == nbd::kCmdWrite) {
@@ -182,6 +185,7 @@ void NbdServer::Connection::queue_reply(uint32_t error, uint64_t handle, Buffer 
   PendingReply& rep = replies_.emplace_back();
   nbd::encode_simple_reply(rep.header, error, handle);
   rep.data = std::move(data);
+  queued_bytes_ += rep.data.size();
   changed_.notify_all();
 }
 
@@ -204,10 +208,13 @@ awaitable<void> NbdServer::Connection::writer() {
       write_failed_ = true;
       end_reason_ = "connection lost while sending replies: " + ec.message();
       replies_.clear();
+      queued_bytes_ = 0;
       stop_reading();
       break;
     }
+    for (size_t i = 0; i < n; ++i) queued_bytes_ -= replies_[i].data.size();
     replies_.erase(replies_.begin(), replies_.begin() + long(n));
+    changed_.notify_all();
   }
   writer_done_ = true;
   changed_.notify_all();

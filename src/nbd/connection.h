@@ -85,6 +85,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
   asio::steady_timer handshake_timer_;
   unsigned inflight_ = 0;
   uint64_t inflight_bytes_ = 0;
+  uint64_t queued_bytes_ = 0;  // data of replies_ not yet written
   uint64_t requests_ = 0;
   unsigned bad_requests_ = 0;
   bool no_zeroes_ = false;

@@ -643,6 +643,30 @@ def sc_rmw_race(path, export, blocks=16):
     c.disconnect()
 
 
+def sc_no_reader(path, export, count=64, length=32 * MIB):
+    """A client that asks for far more READ data than the server may hold
+    for it (count x length) and never reads a reply: the server stops
+    reading its requests once that connection's in-flight limit is reached
+    (docs/design.md, NBD), and another client is served meanwhile."""
+    c = connect(path, export)
+    span = min(c.size, 256 * MIB) // length
+    if span < 1:
+        raise Fail(f"export of {c.size} bytes too small for this scenario")
+    wire = bytearray()
+    for i in range(count):
+        h = c.next_handle
+        c.next_handle += 1
+        c.inflight[h] = (CMD_READ, length)
+        wire += struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, h, (i % span) * length, length)
+    c.send(bytes(wire), f"{count} READ requests of {length} bytes")
+    time.sleep(2)
+    other = connect(path, export)
+    check_roundtrip(other, 8 * MIB, "no-reader-other", "a second client while one never reads")
+    other.disconnect()
+    c.close()
+    print(f"no-reader: {count} READs of {length // MIB} MiB never read; another client was served")
+
+
 SCENARIOS = {
     "out-of-range": sc_out_of_range,
     "oversized": sc_oversized,
@@ -656,6 +680,7 @@ SCENARIOS = {
     "flush-fua": sc_flush_fua,
     "abrupt-close": sc_abrupt_close,
     "rmw-race": sc_rmw_race,
+    "no-reader": sc_no_reader,
 }
 
 

@@ -10,7 +10,10 @@
 #        accepts fail with EMFILE; the accept loops back off (they used to
 #        spin on the control socket) — the daemon uses little CPU meanwhile
 #        and logs the failure — and once descriptors are free again every
-#        listener serves as before.
+#        listener serves as before;
+# (iii)  an NBD client that asks for 2 GiB of READ data and never reads a
+#        reply costs the daemon at most its connection's in-flight limit,
+#        and another client is served meanwhile.
 source "$(dirname "$0")/lib.sh"
 require_cmd nbdinfo prlimit
 HOLD="$LIB_DIR/hold_conns.py"
@@ -76,4 +79,13 @@ wait_for 10 "control to answer again" hastnbd_ctl "$conf" a status data
 serving "(ii) after the flood"
 kill -0 "$pid" || die "(ii) the daemon died"
 log "(ii) out of descriptors: $(((t1 - t0) * 1000 / hz)) ms CPU in 4 s, back-off logged ($(grep -c 'accept: Too many open files' "$log_a") lines), every listener serves again"
+# --- (iii) an NBD client that never reads its replies ---------------------------------
+rss_kib() { sed -n "s/^$1:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$pid/status"; }
+rss0="$(rss_kib VmRSS)"
+with_timeout 60 "$HASTNBD_PYTHON" "$LIB_DIR/nbd_raw.py" "$sock" no-reader data || die "(iii) no-reader scenario failed"
+hwm="$(rss_kib VmHWM)"
+# It asked for 2 GiB of READ data; the connection may hold 256 MiB in flight.
+[ $((hwm - rss0)) -lt $((512 * 1024)) ] || die "(iii) the daemon grew from $rss0 KiB to a peak of $hwm KiB for one client that never reads"
+serving "(iii) after the client that never read"
+log "(iii) a client asking for 2 GiB it never reads: daemon RSS $rss0 KiB, peak $hwm KiB; others served"
 log "t_listener_abuse: passed"
