@@ -31,58 +31,35 @@ PeerConnection::PeerConnection(Socket socket, BufferPool& pool, std::chrono::sec
   last_received_ = last_sent_ = std::chrono::steady_clock::now();
 }
 
-PeerConnection::PeerConnection(std::shared_ptr<Tls> tls, BufferPool& pool, std::chrono::seconds timeout,
+PeerConnection::PeerConnection(std::shared_ptr<TlsSession> tls, BufferPool& pool, std::chrono::seconds timeout,
                                std::string peer)
     : tls_(std::move(tls)),
       pool_(pool),
       timeout_(timeout),
       peer_(std::move(peer)),
-      changed_(tls_->get_executor()),
-      keepalive_timer_(tls_->get_executor()),
-      watchdog_timer_(tls_->get_executor()) {
+      changed_(tls_->socket().get_executor()),
+      keepalive_timer_(tls_->socket().get_executor()),
+      watchdog_timer_(tls_->socket().get_executor()) {
   last_received_ = last_sent_ = std::chrono::steady_clock::now();
 }
 
-std::string PeerConnection::tls_description() const { return tls_ ? hastnbd::tls_description(*tls_) : std::string(); }
+std::string PeerConnection::tls_description() const { return tls_ ? tls_->description() : std::string(); }
 
-PeerConnection::Socket& PeerConnection::lowest() { return tls_ ? tls_->next_layer() : *socket_; }
+PeerConnection::Socket& PeerConnection::lowest() { return tls_ ? tls_->socket() : *socket_; }
 
-template <class Buffers>
-awaitable<std::tuple<error_code, size_t>> PeerConnection::read_exactly(const Buffers& b) {
-  if (tls_) co_return co_await asio::async_read(*tls_, b, large_transfers, use_nothrow);
+awaitable<std::tuple<error_code, size_t>> PeerConnection::read_exactly(asio::mutable_buffer b) {
+  if (tls_) co_return co_await tls_->read(b);
   co_return co_await asio::async_read(*socket_, b, large_transfers, use_nothrow);
 }
 
-// Over TLS, Asio writes only the first buffer of a sequence per call, one
-// TLS record each: headers and small payloads are copied together first so
-// a batch of small records becomes few large TLS records. Data payloads
-// (16 KiB and more) go as they are.
 awaitable<error_code> PeerConnection::write_all(const std::vector<asio::const_buffer>& bufs) {
-  if (!tls_) {
-    auto [ec, n] = co_await asio::async_write(*socket_, bufs, large_transfers, use_nothrow);
-    co_return ec;
-  }
-  constexpr size_t kSmall = 16 << 10;
-  stage_.clear();
-  for (const asio::const_buffer& b : bufs) {
-    if (b.size() < kSmall) {
-      const auto* p = static_cast<const uint8_t*>(b.data());
-      stage_.insert(stage_.end(), p, p + b.size());
-      continue;
-    }
-    if (!stage_.empty()) {
-      auto [ec, n] = co_await asio::async_write(*tls_, asio::buffer(stage_), use_nothrow);
-      if (ec) co_return ec;
-      stage_.clear();
-    }
-    auto [ec, n] = co_await asio::async_write(*tls_, b, use_nothrow);
-    if (ec) co_return ec;
-  }
-  if (!stage_.empty()) {
-    auto [ec, n] = co_await asio::async_write(*tls_, asio::buffer(stage_), use_nothrow);
-    if (ec) co_return ec;
-  }
-  co_return error_code();
+  if (tls_) co_return co_await tls_->write(bufs);
+  auto [ec, n] = co_await asio::async_write(*socket_, bufs, large_transfers, use_nothrow);
+  co_return ec;
+}
+
+std::string PeerConnection::read_error(const error_code& ec) const {
+  return tls_ && !tls_->error_detail().empty() ? tls_->error_detail() : ec.message();
 }
 
 PeerConnection::~PeerConnection() = default;
@@ -117,7 +94,7 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
   std::array<uint8_t, peer::kHeaderSize> hdr;
   auto [ec, n] = co_await read_exactly(asio::buffer(hdr));
   if (ec) {
-    close(ec == asio::error::eof ? "peer closed the connection" : "read: " + ec.message());
+    close(ec == asio::error::eof ? "peer closed the connection" : "read: " + read_error(ec));
     co_return Status::Error(ECONNRESET, close_reason_);
   }
   auto h = peer::decode_header(hdr);
@@ -139,7 +116,7 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
     f.payload = pool_.get(h->payload_length);
     auto [ec2, n2] = co_await read_exactly(asio::buffer(f.payload.data(), h->payload_length));
     if (ec2) {
-      close(ec2 == asio::error::eof ? "peer closed the connection mid-frame" : "read: " + ec2.message());
+      close(ec2 == asio::error::eof ? "peer closed the connection mid-frame" : "read: " + read_error(ec2));
       co_return Status::Error(ECONNRESET, close_reason_);
     }
   }

@@ -28,12 +28,12 @@ Status tls_error(const std::string& what) { return Status::Error(EPROTO, what + 
 struct Deadline {
   std::shared_ptr<bool> armed = std::make_shared<bool>(true);
   asio::steady_timer timer;
-  Deadline(const asio::any_io_executor& ex, std::chrono::seconds t, std::shared_ptr<TlsStream> s) : timer(ex) {
+  Deadline(const asio::any_io_executor& ex, std::chrono::seconds t, std::shared_ptr<TlsSession> s) : timer(ex) {
     timer.expires_after(t);
     timer.async_wait([armed = armed, s = std::move(s)](error_code ec) {
       if (ec || !*armed) return;
       error_code ignored;
-      s->lowest_layer().close(ignored);
+      s->socket().close(ignored);
     });
   }
   ~Deadline() {
@@ -42,7 +42,222 @@ struct Deadline {
   }
 };
 
+constexpr size_t kSmall = 16 << 10;         // pieces gathered before encryption
+constexpr int kReadBuffer = 1 << 20;         // OpenSSL's record buffer, read ahead into
+
 }  // namespace
+
+// The BIO between OpenSSL and the socket: reads go straight to the socket
+// (non-blocking; "retry" when it is empty), writes append to out_, which
+// flush() sends. A write never asks to be retried, so SSL_write never
+// returns WANT_WRITE.
+struct TlsSession::Bio {
+  static TlsSession* self(BIO* b) { return static_cast<TlsSession*>(BIO_get_data(b)); }
+  static int write(BIO* b, const char* data, size_t len, size_t* written) {
+    TlsSession* t = self(b);
+    BIO_clear_retry_flags(b);
+    if (!t->socket_.is_open()) {
+      t->sys_errno_ = EPIPE;
+      return 0;
+    }
+    t->out_.insert(t->out_.end(), reinterpret_cast<const uint8_t*>(data), reinterpret_cast<const uint8_t*>(data) + len);
+    *written = len;
+    return 1;
+  }
+  static int read(BIO* b, char* data, size_t len, size_t* got) {
+    TlsSession* t = self(b);
+    BIO_clear_retry_flags(b);
+    *got = 0;
+    if (!t->socket_.is_open()) {
+      t->sys_errno_ = EBADF;
+      return 0;
+    }
+    const ssize_t n = ::recv(t->socket_.native_handle(), data, len, MSG_DONTWAIT);
+    if (n > 0) {
+      *got = size_t(n);
+      return 1;
+    }
+    if (n == 0) {
+      t->eof_ = true;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+      BIO_set_retry_read(b);
+    } else {
+      t->sys_errno_ = errno;
+    }
+    return 0;
+  }
+  static long ctrl(BIO* b, int cmd, long, void*) {
+    switch (cmd) {
+      case BIO_CTRL_FLUSH:
+        return 1;  // flush() sends; OpenSSL only needs to know nothing is lost
+      case BIO_CTRL_EOF:
+        return self(b)->eof_ ? 1 : 0;
+      default:
+        return 0;
+    }
+  }
+  static int create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+  }
+  static BIO_METHOD* method() {
+    static BIO_METHOD* const kMethod = [] {
+      BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hastnbd peer socket");
+      BIO_meth_set_write_ex(m, &Bio::write);
+      BIO_meth_set_read_ex(m, &Bio::read);
+      BIO_meth_set_ctrl(m, &Bio::ctrl);
+      BIO_meth_set_create(m, &Bio::create);
+      return m;
+    }();
+    return kMethod;
+  }
+};
+
+TlsSession::TlsSession(PlainSocket socket, SSL_CTX* ssl_ctx)
+    : socket_(std::move(socket)), flushed_(socket_.get_executor()) {
+  ssl_ = SSL_new(ssl_ctx);
+  if (!ssl_) throw std::bad_alloc();
+  BIO* bio = BIO_new(Bio::method());
+  if (!bio) {
+    SSL_free(ssl_);
+    throw std::bad_alloc();
+  }
+  BIO_set_data(bio, this);
+  SSL_set_bio(ssl_, bio, bio);
+  SSL_set_read_ahead(ssl_, 1);
+  SSL_set_default_read_buffer_len(ssl_, kReadBuffer);
+}
+
+TlsSession::~TlsSession() { SSL_free(ssl_); }
+
+std::string TlsSession::description() const {
+  return std::string(SSL_get_version(ssl_)) + " " + SSL_get_cipher_name(ssl_);
+}
+
+error_code TlsSession::ssl_failure(int ret) {
+  const int e = SSL_get_error(ssl_, ret);
+  ssl_error_ = ERR_peek_last_error();
+  error_code ec;
+  // Closed without close_notify (we close that way too): OpenSSL 3 says
+  // SSL_ERROR_SSL "unexpected eof" or SSL_ERROR_SYSCALL; either is an end.
+  const bool eof = eof_ && sys_errno_ == 0 &&
+                   (e == SSL_ERROR_SYSCALL || ERR_GET_REASON(ssl_error_) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+  if (e == SSL_ERROR_ZERO_RETURN || eof) {
+    detail_ = "the peer closed the connection";
+    ec = asio::error::eof;
+  } else if (e == SSL_ERROR_SYSCALL && sys_errno_ != 0) {
+    ec = error_code(sys_errno_, asio::error::get_system_category());
+    detail_ = ec.message();
+  } else {
+    detail_ = "TLS: " + openssl_reason();
+    ec = error_code(EPROTO, asio::error::get_system_category());
+  }
+  ERR_clear_error();
+  return ec;
+}
+
+error_code TlsSession::encrypt(const uint8_t* p, size_t n) {
+  size_t written = 0;
+  const int ret = SSL_write_ex(ssl_, p, n, &written);
+  return ret == 1 ? error_code() : ssl_failure(ret);
+}
+
+awaitable<error_code> TlsSession::flush() {
+  auto self = shared_from_this();
+  while (!out_.empty()) {
+    if (flushing_) {
+      co_await flushed_.wait();
+      continue;
+    }
+    flushing_ = true;
+    sending_.swap(out_);
+    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(sending_), large_transfers, use_nothrow);
+    sending_.clear();
+    flushing_ = false;
+    flushed_.notify_all();
+    if (ec) co_return ec;
+  }
+  co_return error_code();
+}
+
+awaitable<Status> TlsSession::handshake(bool server) {
+  if (server)
+    SSL_set_accept_state(ssl_);
+  else
+    SSL_set_connect_state(ssl_);
+  ERR_clear_error();
+  for (;;) {
+    const int ret = SSL_do_handshake(ssl_);
+    error_code fec = co_await flush();  // our flight first, then wait for theirs
+    if (ret == 1) {
+      if (fec) co_return Status::Error(fec.value(), fec.message());
+      co_return Status::Ok();
+    }
+    if (SSL_get_error(ssl_, ret) == SSL_ERROR_WANT_READ && !fec) {
+      auto [ec] = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
+      if (!ec) continue;
+      co_return Status::Error(ec.value(), ec.message());
+    }
+    error_code ec = ssl_failure(ret);
+    if (fec && ec != asio::error::eof && ssl_error_ == 0) ec = fec, detail_ = fec.message();
+    co_return Status::Error(ec == asio::error::eof ? ECONNRESET : ec.value(), detail_);
+  }
+}
+
+awaitable<std::tuple<error_code, size_t>> TlsSession::read(asio::mutable_buffer b) {
+  auto* p = static_cast<uint8_t*>(b.data());
+  size_t got = 0;
+  while (got < b.size()) {
+    size_t n = 0;
+    const int ret = SSL_read_ex(ssl_, p + got, b.size() - got, &n);
+    if (ret == 1) {
+      got += n;
+      continue;
+    }
+    if (SSL_get_error(ssl_, ret) == SSL_ERROR_WANT_READ) {
+      auto [ec] = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
+      if (ec) co_return std::tuple(ec, got);
+      continue;
+    }
+    co_return std::tuple(ssl_failure(ret), got);
+  }
+  // A post-handshake message may have needed an answer (TLS 1.3 KeyUpdate):
+  // send it without making the reader wait on the socket.
+  if (!out_.empty() && !flushing_)
+    asio::co_spawn(socket_.get_executor(), [self = shared_from_this()]() -> awaitable<void> { co_await self->flush(); },
+                   asio::detached);
+  co_return std::tuple(error_code(), got);
+}
+
+awaitable<error_code> TlsSession::write(const std::vector<asio::const_buffer>& bufs) {
+  stage_.clear();
+  for (const asio::const_buffer& b : bufs) {
+    const auto* p = static_cast<const uint8_t*>(b.data());
+    if (b.size() < kSmall) {
+      stage_.insert(stage_.end(), p, p + b.size());
+      if (stage_.size() < kSmall) continue;
+      if (error_code ec = encrypt(stage_.data(), stage_.size())) co_return ec;
+      stage_.clear();
+    } else {
+      if (!stage_.empty()) {
+        if (error_code ec = encrypt(stage_.data(), stage_.size())) co_return ec;
+        stage_.clear();
+      }
+      for (size_t off = 0; off < b.size(); off += kFlushBytes) {
+        if (error_code ec = encrypt(p + off, std::min(kFlushBytes, b.size() - off))) co_return ec;
+        if (out_.size() >= kFlushBytes)
+          if (error_code ec = co_await flush()) co_return ec;
+      }
+    }
+    if (out_.size() >= kFlushBytes)
+      if (error_code ec = co_await flush()) co_return ec;
+  }
+  if (!stage_.empty()) {
+    if (error_code ec = encrypt(stage_.data(), stage_.size())) co_return ec;
+    stage_.clear();
+  }
+  co_return co_await flush();
+}
 
 Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const ResourceConfig& config) {
   const TlsMaterial& m = config.tls_material;
@@ -68,21 +283,20 @@ Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const ResourceConfi
   return ctx;
 }
 
-awaitable<Result<std::shared_ptr<TlsStream>>> tls_handshake(PlainSocket socket, asio::ssl::context& ctx, bool server,
-                                                            const std::string& peer_name,
-                                                            std::chrono::seconds timeout) {
+awaitable<Result<std::shared_ptr<TlsSession>>> tls_handshake(PlainSocket socket, asio::ssl::context& ctx, bool server,
+                                                             const std::string& peer_name,
+                                                             std::chrono::seconds timeout) {
   auto ex = socket.get_executor();
-  auto stream = std::make_shared<TlsStream>(std::move(socket), ctx);
-  SSL* ssl = stream->native_handle();
+  auto session = std::make_shared<TlsSession>(std::move(socket), ctx.native_handle());
+  SSL* ssl = session->native_handle();
   // The peer's certificate must be for its name, in either direction.
   SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
   if (SSL_set1_host(ssl, peer_name.c_str()) != 1) co_return tls_error("TLS: expected peer name " + peer_name);
-  Deadline deadline(ex, timeout, stream);
-  auto [ec] = co_await stream->async_handshake(server ? asio::ssl::stream_base::server : asio::ssl::stream_base::client,
-                                               use_nothrow);
-  if (!*deadline.armed || !stream->lowest_layer().is_open())
+  Deadline deadline(ex, timeout, session);
+  Status st = co_await session->handshake(server);
+  if (!*deadline.armed || !session->socket().is_open())
     co_return Status::Error(ETIMEDOUT, "TLS handshake: no answer within " + std::to_string(timeout.count()) + " s");
-  if (ec) {
+  if (!st.ok()) {
     const long v = SSL_get_verify_result(ssl);
     std::string why;
     if (v != X509_V_OK) {
@@ -91,12 +305,12 @@ awaitable<Result<std::shared_ptr<TlsStream>>> tls_handshake(PlainSocket socket, 
       if (v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
           v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT)
         why += " (not signed by this node's tls.ca)";
-    } else if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+    } else if (st.code() == ECONNRESET || st.code() == EPIPE) {
       why = "the peer closed the connection (it refused our certificate, or it does not run the link over TLS)";
     } else {
-      why = ec.message();
-      if (ec.category() == asio::error::get_ssl_category()) {
-        const int reason = ERR_GET_REASON(ec.value());
+      why = st.message();
+      if (const unsigned long e = session->ssl_error(); e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL) {
+        const int reason = ERR_GET_REASON(e);
         if (reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_PACKET_LENGTH_TOO_LONG ||
             reason == SSL_R_HTTP_REQUEST)
           why += " (the peer does not speak TLS: is tls set on both nodes?)";
@@ -108,17 +322,12 @@ awaitable<Result<std::shared_ptr<TlsStream>>> tls_handshake(PlainSocket socket, 
     }
     co_return Status::Error(EACCES, "TLS handshake: " + why);
   }
-  co_return stream;
+  co_return session;
 }
 
 const char* link_security(const ResourceConfig& config) {
   const bool tls = config.tls.enabled(), psk = !config.peer_key.empty();
   return tls && psk ? "tls+psk" : tls ? "tls" : psk ? "psk" : "none";
-}
-
-std::string tls_description(TlsStream& s) {
-  SSL* ssl = s.native_handle();
-  return std::string(SSL_get_version(ssl)) + " " + SSL_get_cipher_name(ssl);
 }
 
 awaitable<FirstBytes> peek_first_bytes(PlainSocket& socket, std::chrono::seconds timeout) {

@@ -282,7 +282,7 @@ awaitable<void> Replicator::run(uint64_t run_id) {
     std::shared_ptr<PeerConnection> conn;
     if (s.ok() && current() && config_.tls.enabled()) {
       auto ctx = make_tls_context(config_);
-      Result<std::shared_ptr<TlsStream>> tls = ctx.status();
+      Result<std::shared_ptr<TlsSession>> tls = ctx.status();
       if (ctx.ok())
         tls = co_await tls_handshake(std::move(*sock), **ctx, /*server=*/false, config_.peer_tls_name,
                                      std::chrono::seconds(config_.timeout));

@@ -19,12 +19,9 @@
 #include "hastnbd/peer/protocol.h"
 #include "hastnbd/base/status.h"
 
-namespace boost::asio::ssl {
-template <typename Stream>
-class stream;
-}
-
 namespace hastnbd {
+
+class TlsSession;  // peer/tls.h
 
 struct PeerStats {
   uint64_t records_sent = 0;
@@ -44,10 +41,9 @@ struct Frame {
 class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
  public:
   using Socket = asio::generic::stream_protocol::socket;
-  using Tls = asio::ssl::stream<Socket>;
   PeerConnection(Socket socket, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
-  // The same over an established TLS stream (peer/tls.h).
-  PeerConnection(std::shared_ptr<Tls> tls, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
+  // The same over an established TLS session (peer/tls.h).
+  PeerConnection(std::shared_ptr<TlsSession> tls, BufferPool& pool, std::chrono::seconds timeout, std::string peer);
   ~PeerConnection();
 
   // Starts the writer, keepalive and watchdog.
@@ -106,13 +102,12 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<void> watchdog();
 
   Socket& lowest();
-  template <class Buffers>
-  awaitable<std::tuple<error_code, size_t>> read_exactly(const Buffers& b);
+  awaitable<std::tuple<error_code, size_t>> read_exactly(asio::mutable_buffer b);
+  std::string read_error(const error_code& ec) const;  // TLS: what OpenSSL found
   awaitable<error_code> write_all(const std::vector<asio::const_buffer>& bufs);
 
   std::optional<Socket> socket_;  // plain, or
-  std::shared_ptr<Tls> tls_;      // TLS over the socket it owns
-  std::vector<uint8_t> stage_;    // TLS: small pieces coalesced into one record
+  std::shared_ptr<TlsSession> tls_;  // TLS over the socket it owns
   uint32_t max_payload_ = peer::kMaxAuthPayload;  // until authenticated
   BufferPool& pool_;
   std::chrono::seconds timeout_;
