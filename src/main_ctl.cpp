@@ -20,6 +20,7 @@
 
 #include <unistd.h>
 
+#include "hastnbd/base/files.h"
 #include "hastnbd/disk/activemap.h"
 #include "hastnbd/config/config.h"
 #include "hastnbd/daemon/control.h"
@@ -94,8 +95,8 @@ int cmd_create(const Ctx& c, const std::string& resource) {
   if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
   auto size = resource_data_size(*cfg);
   if (!size.ok()) return fail(size.status());
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(cfg->meta).parent_path(), ec);
+  if (Status s = make_directories(std::filesystem::path(cfg->meta).parent_path().string(), 0700); !s.ok())
+    return fail(s);
   const MetaHeader h =
       meta::create(cfg->name, *size, cfg->extent_size, cfg->keepdirty, random_uuid(), uint64_t(std::time(nullptr)));
   if (Status s = MetadataFile::create(cfg->meta, h, c.force); !s.ok()) return fail(s);

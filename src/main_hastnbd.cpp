@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "hastnbd/base/files.h"
 #include "hastnbd/config/config.h"
 #include "hastnbd/base/logging.h"
 #include "hastnbd/daemon/pidfile.h"
@@ -60,8 +61,9 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<PidFile> pidfile;
   if (!config->pidfile.empty()) {
-    std::error_code dir_ec;  // e.g. /run/hastnbd before systemd's RuntimeDirectory exists
-    std::filesystem::create_directories(std::filesystem::path(config->pidfile).parent_path(), dir_ec);
+    // e.g. /run/hastnbd when not started by systemd (RuntimeDirectory=);
+    // a failure shows in PidFile::create's error.
+    (void)make_directories(std::filesystem::path(config->pidfile).parent_path().string(), 0750);
     auto p = PidFile::create(config->pidfile);
     if (!p.ok()) {
       spdlog::critical("cannot start: {}", p.status().message());

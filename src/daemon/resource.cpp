@@ -1,3 +1,4 @@
+#include "hastnbd/base/files.h"
 #include "hastnbd/peer/tls.h"
 #include "hastnbd/daemon/resource.h"
 
@@ -11,17 +12,6 @@
 #include "hastnbd/replication/transitions.h"
 
 namespace hastnbd {
-
-namespace {
-
-Status make_dir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return Status::Error(ec.value(), "cannot create directory " + dir + ": " + ec.message());
-  return Status::Ok();
-}
-
-}  // namespace
 
 Result<uint64_t> resource_data_size(const ResourceConfig& config) {
   asio::io_context io;
@@ -57,7 +47,7 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   if (!key.ok()) return key.status();
   r->config_.peer_key = std::move(*key);
   if (Status s = r->load_tls(r->config_); !s.ok()) return s;
-  if (Status s = make_dir(c.run_dir); !s.ok()) return s;
+  if (Status s = make_directories(c.run_dir, 0750); !s.ok()) return s;
   auto uring = Uring::create(io);
   if (!uring.ok()) return uring.status();
   r->uring_ = std::move(*uring);
@@ -256,7 +246,8 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
 }
 
 Status Resource::become_primary() {
-  if (Status s = make_dir(std::filesystem::path(config_.nbd.socket).parent_path().string()); !s.ok()) return s;
+  if (Status s = make_directories(std::filesystem::path(config_.nbd.socket).parent_path().string(), 0750); !s.ok())
+    return s;
   if (Status s = nbd_->listen_unix(config_.nbd.socket); !s.ok()) return s;
   if (config_.nbd.listen) {
     if (Status s = nbd_->listen_tcp(*config_.nbd.listen); !s.ok()) {

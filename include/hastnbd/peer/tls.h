@@ -1,7 +1,8 @@
 // Mutual TLS 1.3 on the peer link (docs/protocol.md, "TLS"), with OpenSSL:
 // the context through Asio's SSL context, the session through TlsSession
-// below (docs/design.md, "Peer link over TLS", says why not asio::ssl::stream). Both nodes present a certificate; each checks
-// the other's against the configured CA and the name the peer's certificate
+// below (docs/design.md, "Peer link over TLS", says why not
+// asio::ssl::stream). Both nodes present a certificate; each checks the
+// other's against the configured CA and the name the peer's certificate
 // must carry (its tls.name, default its node name: subjectAltName DNS, or
 // the CN when there is no SAN). Session tickets and resumption are off: a
 // link is opened rarely and each must prove itself in full. The AUTH

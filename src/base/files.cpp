@@ -1,0 +1,31 @@
+#include "hastnbd/base/files.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+namespace hastnbd {
+
+Status make_directories(const std::string& dir, mode_t mode) {
+  if (dir.empty()) return Status::Ok();
+  std::string path;
+  for (const auto& part : std::filesystem::path(dir)) {
+    path = (std::filesystem::path(path) / part).string();
+    if (part == "/") continue;
+    if (::mkdir(path.c_str(), mode) == 0) {
+      // mkdir applies the umask; the mode asked for is the mode given.
+      if (::chmod(path.c_str(), mode) != 0)
+        return Status::Error(errno, "cannot set mode of directory " + path + ": " + std::strerror(errno));
+    } else if (errno != EEXIST) {
+      return Status::Error(errno, "cannot create directory " + path + ": " + std::strerror(errno));
+    }
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return Status::Error(ENOTDIR, "cannot create directory " + dir + ": a file of that name is in the way");
+  return Status::Ok();
+}
+
+}  // namespace hastnbd
