@@ -5,6 +5,8 @@
 #include <openssl/x509v3.h>
 #include <sys/socket.h>
 
+#include <cstring>
+
 #include "hastnbd/peer/protocol.h"
 
 namespace hastnbd {
@@ -43,12 +45,16 @@ struct Deadline {
 };
 
 constexpr size_t kSmall = 16 << 10;         // pieces gathered before encryption
-constexpr int kReadBuffer = 1 << 20;         // OpenSSL's record buffer, read ahead into
+// Ciphertext read from the socket at once. OpenSSL's own read-ahead is not
+// used: it moves what is left in its buffer to the front for every record
+// (OpenSSL 3.0 ssl3_read_n, aligning the payload), quadratic in the buffer
+// size; ours hands each record over with one copy.
+constexpr size_t kReadBuffer = 1 << 20;
 
 }  // namespace
 
-// The BIO between OpenSSL and the socket: reads go straight to the socket
-// (non-blocking; "retry" when it is empty), writes append to out_, which
+// The BIO between OpenSSL and the socket: reads come from in_, refilled by
+// one non-blocking recv of up to 1 MiB ("retry" when the socket is empty), writes append to out_, which
 // flush() sends. A write never asks to be retried, so SSL_write never
 // returns WANT_WRITE.
 struct TlsSession::Bio {
@@ -68,23 +74,30 @@ struct TlsSession::Bio {
     TlsSession* t = self(b);
     BIO_clear_retry_flags(b);
     *got = 0;
-    if (!t->socket_.is_open()) {
-      t->sys_errno_ = EBADF;
-      return 0;
+    if (t->in_pos_ == t->in_end_) {
+      if (!t->socket_.is_open()) {
+        t->sys_errno_ = EBADF;
+        return 0;
+      }
+      if (t->in_.empty()) t->in_.resize(kReadBuffer);
+      const ssize_t n = ::recv(t->socket_.native_handle(), t->in_.data(), t->in_.size(), MSG_DONTWAIT);
+      if (n <= 0) {
+        if (n == 0)
+          t->eof_ = true;
+        else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+          BIO_set_retry_read(b);
+        else
+          t->sys_errno_ = errno;
+        return 0;
+      }
+      t->in_pos_ = 0;
+      t->in_end_ = size_t(n);
     }
-    const ssize_t n = ::recv(t->socket_.native_handle(), data, len, MSG_DONTWAIT);
-    if (n > 0) {
-      *got = size_t(n);
-      return 1;
-    }
-    if (n == 0) {
-      t->eof_ = true;
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-      BIO_set_retry_read(b);
-    } else {
-      t->sys_errno_ = errno;
-    }
-    return 0;
+    const size_t k = std::min(len, t->in_end_ - t->in_pos_);
+    std::memcpy(data, t->in_.data() + t->in_pos_, k);
+    t->in_pos_ += k;
+    *got = k;
+    return 1;
   }
   static long ctrl(BIO* b, int cmd, long, void*) {
     switch (cmd) {
@@ -124,8 +137,6 @@ TlsSession::TlsSession(PlainSocket socket, SSL_CTX* ssl_ctx)
   }
   BIO_set_data(bio, this);
   SSL_set_bio(ssl_, bio, bio);
-  SSL_set_read_ahead(ssl_, 1);
-  SSL_set_default_read_buffer_len(ssl_, kReadBuffer);
 }
 
 TlsSession::~TlsSession() { SSL_free(ssl_); }

@@ -27,10 +27,10 @@ namespace hastnbd {
 using PlainSocket = asio::generic::stream_protocol::socket;
 
 // A TLS session over a stream socket it owns, for one reader and one writer
-// coroutine at a time on the loop thread. OpenSSL reads the socket itself
-// (non-blocking recv, read-ahead into a large record buffer: one syscall
-// brings many records) and writes ciphertext into a buffer this class sends
-// in large pieces (one send per up to kFlushBytes of records), instead of
+// coroutine at a time on the loop thread. Ciphertext is received into a
+// 1 MiB buffer OpenSSL reads records from (one recv brings many records),
+// and written into a buffer this class sends in large pieces (one send per
+// up to kFlushBytes of records), instead of
 // asio::ssl::stream's one 17 KiB memory-BIO round trip, copy and syscall per
 // record.
 class TlsSession : public std::enable_shared_from_this<TlsSession> {
@@ -67,6 +67,8 @@ class TlsSession : public std::enable_shared_from_this<TlsSession> {
 
   PlainSocket socket_;
   SSL* ssl_ = nullptr;
+  std::vector<uint8_t> in_;       // ciphertext received, [in_pos_, in_end_) not yet given to OpenSSL
+  size_t in_pos_ = 0, in_end_ = 0;
   std::vector<uint8_t> out_;      // ciphertext waiting to be sent
   std::vector<uint8_t> sending_;  // ciphertext being sent
   std::vector<uint8_t> stage_;    // small plaintext pieces gathered into one record
