@@ -179,6 +179,7 @@ Mac auth_mac(std::span<const uint8_t> key, Side side, const Transcript& t) {
   write_name(w, t.responder);
   w.bytes(t.initiator_nonce.data(), t.initiator_nonce.size());
   w.bytes(t.responder_nonce.data(), t.responder_nonce.size());
+  if (!t.channel_binding.empty()) w.bytes(t.channel_binding.data(), t.channel_binding.size());
   Mac mac{};
   unsigned int len = 0;
   HMAC(EVP_sha256(), key.data(), int(key.size()), msg.data(), msg.size(), mac.data(), &len);
@@ -222,7 +223,9 @@ awaitable<Result<AuthResult>> authenticate_initiator(PeerConnection& conn, const
   if (s.ok()) s = check_modes(hello.mode, c->mode, c->node);
   Transcript t;
   if (s.ok()) {
-    t = Transcript{c->version, c->features & p.features, p.resource, p.node, c->node, hello.nonce, c->nonce};
+    t = Transcript{c->version,  c->features & p.features, p.resource,
+                   p.node,      c->node,                  hello.nonce,
+                   c->nonce,    conn.channel_binding()};
     if (hello.mode == AuthMode::kPsk && !mac_equal(c->mac, auth_mac(key_bytes(p), Side::kResponder, t)))
       s = Status::Error(EACCES, "authentication failed: peer " + named(c->node) +
                                     " does not hold this resource's key (or not the same one)");
@@ -276,7 +279,7 @@ awaitable<Result<AuthResult>> authenticate_responder(PeerConnection& conn, const
   c.node = p.node;
   c.mode = mode_of(p);
   c.nonce = random_nonce();
-  const Transcript t{c.version, c.features, p.resource, h->node, p.node, h->nonce, c.nonce};
+  const Transcript t{c.version, c.features, p.resource, h->node, p.node, h->nonce, c.nonce, conn.channel_binding()};
   if (c.mode == AuthMode::kPsk) c.mac = auth_mac(key_bytes(p), Side::kResponder, t);
   send_record(conn, kAuthChallenge, encode(c));
 

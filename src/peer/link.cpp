@@ -45,6 +45,10 @@ PeerConnection::PeerConnection(std::shared_ptr<TlsSession> tls, BufferPool& pool
 
 std::string PeerConnection::tls_description() const { return tls_ ? tls_->description() : std::string(); }
 
+std::vector<uint8_t> PeerConnection::channel_binding() const {
+  return tls_ ? tls_->exporter("EXPORTER-hastnbd-peer-auth", 32) : std::vector<uint8_t>();
+}
+
 PeerConnection::Socket& PeerConnection::lowest() { return tls_ ? tls_->socket() : *socket_; }
 
 awaitable<std::tuple<error_code, size_t>> PeerConnection::read_exactly(asio::mutable_buffer b) {

@@ -145,6 +145,17 @@ std::string TlsSession::description() const {
   return std::string(SSL_get_version(ssl_)) + " " + SSL_get_cipher_name(ssl_);
 }
 
+std::vector<uint8_t> TlsSession::exporter(const std::string& label, size_t n) const {
+  std::vector<uint8_t> out(n);
+  // Fails only before the handshake is done; then the MACs of the two
+  // sides cannot agree and authentication fails.
+  if (SSL_export_keying_material(ssl_, out.data(), n, label.data(), label.size(), nullptr, 0, 0) != 1) {
+    ERR_clear_error();
+    out.assign(n, 0);
+  }
+  return out;
+}
+
 error_code TlsSession::ssl_failure(int ret) {
   const int e = SSL_get_error(ssl_, ret);
   ssl_error_ = ERR_peek_last_error();

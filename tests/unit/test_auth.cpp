@@ -122,6 +122,14 @@ TEST_CASE("auth: the MAC binds the key, the side and every transcript field", "[
   u = t;
   u.version = 3;
   CHECK_FALSE(mac_equal(base, auth_mac(key, Side::kInitiator, u)));
+  // Over TLS the session's exporter is in the MAC: a proof made in one TLS
+  // session does not fit another.
+  u = t;
+  u.channel_binding.assign(32, 0x11);
+  const Mac bound = auth_mac(key, Side::kInitiator, u);
+  CHECK_FALSE(mac_equal(base, bound));
+  u.channel_binding[31] ^= 1;
+  CHECK_FALSE(mac_equal(bound, auth_mac(key, Side::kInitiator, u)));
   CHECK_FALSE(random_nonce() == random_nonce());
 }
 

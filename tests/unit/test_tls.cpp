@@ -170,6 +170,15 @@ TEST_CASE("TLS session: handshake between nodes of one CA, TLS 1.3") {
   REQUIRE(p.b.ok());
   CHECK((*p.a)->description().rfind("TLSv1.3 ", 0) == 0);
   CHECK((*p.b)->description() == (*p.a)->description());
+  // The exporter peer/auth binds the key to: alike at both ends, its own
+  // in every session.
+  const auto ea = (*p.a)->exporter("EXPORTER-hastnbd-peer-auth", 32);
+  CHECK(ea.size() == 32);
+  CHECK(ea == (*p.b)->exporter("EXPORTER-hastnbd-peer-auth", 32));
+  CHECK(ea != (*p.a)->exporter("EXPORTER-other", 32));
+  Pair q(node_config(n.ca, n.a), node_config(n.ca, n.b));
+  REQUIRE(q.a.ok());
+  CHECK(ea != (*q.a)->exporter("EXPORTER-hastnbd-peer-auth", 32));
 }
 
 TEST_CASE("TLS session: a certificate for another name, or from another CA, is refused") {

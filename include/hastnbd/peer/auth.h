@@ -10,7 +10,7 @@
 //   AUTH_PROOF   MAC(initiator)  ->
 //
 // MAC(side) = HMAC-SHA256(key, label, side, version, features, resource,
-// initiator node, responder node, Ni, Nr). Each side's nonce is fresh from
+// initiator node, responder node, Ni, Nr[, TLS exporter]). Each side's nonce is fresh from
 // the OS random generator, so a recorded proof never fits a new challenge
 // (replay), and the side byte differs, so a node's own MAC never passes as
 // its peer's (reflection). The initiator verifies the responder's MAC before
@@ -88,6 +88,10 @@ struct Transcript {
   uint64_t features;
   std::string resource, initiator, responder;
   Nonce initiator_nonce, responder_nonce;
+  // Over TLS, the session's exporter value (PeerConnection::channel_binding):
+  // the key is then proved for this TLS session only, so the proof cannot
+  // be relayed from another connection. Empty on a plain link.
+  std::vector<uint8_t> channel_binding;
 };
 Mac auth_mac(std::span<const uint8_t> key, Side side, const Transcript& t);
 bool mac_equal(const Mac& a, const Mac& b);  // constant time

@@ -79,6 +79,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   bool is_open() const { return open_; }
   bool is_tls() const { return tls_ != nullptr; }
   std::string tls_description() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty when plain
+  // 32 bytes both ends of this TLS session compute alike (its exporter,
+  // label "EXPORTER-hastnbd-peer-auth"); empty when plain. peer/auth.h
+  // binds the key's proof to it.
+  std::vector<uint8_t> channel_binding() const;
   const std::string& close_reason() const { return close_reason_; }
   const std::string& peer() const { return peer_; }
   const PeerStats& stats() const { return stats_; }

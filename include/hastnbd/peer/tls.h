@@ -58,6 +58,9 @@ class TlsSession : public std::enable_shared_from_this<TlsSession> {
   unsigned long ssl_error() const { return ssl_error_; }
   // "TLSv1.3 TLS_AES_256_GCM_SHA384".
   std::string description() const;
+  // RFC 8446 §7.5 exporter output of `n` bytes for `label` (no context);
+  // both ends of the session get the same bytes.
+  std::vector<uint8_t> exporter(const std::string& label, size_t n) const;
 
  private:
   struct Bio;
