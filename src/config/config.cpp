@@ -96,6 +96,8 @@ const Key kNbdKeys[] = {
     {"device", [](const Item& it, Cascade& c) { c.cfg.nbd.device = device_of(it); }},
     {"connections",
      [](const Item& it, Cascade& c) { c.cfg.nbd.connections = number_of(it, 1, kMaxNbdConnections); }},
+    {"io_timeout", [](const Item& it, Cascade& c) { c.cfg.nbd.io_timeout = number_of(it, 1, 3600); }},
+    {"reconnect_timeout", [](const Item& it, Cascade& c) { c.cfg.nbd.reconnect_timeout = number_of(it, 1, 86400); }},
 };
 
 const Key kMetricsKeys[] = {

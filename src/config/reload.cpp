@@ -67,6 +67,9 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
   note(false, "nbd.listen", opt_address(cur.nbd.listen), opt_address(next.nbd.listen));
   note(false, "nbd.device", text(cur.nbd.device), text(next.nbd.device));
   note(false, "nbd.connections", std::to_string(cur.nbd.connections), std::to_string(next.nbd.connections));
+  note(false, "nbd.io_timeout", std::to_string(cur.nbd.io_timeout), std::to_string(next.nbd.io_timeout));
+  note(false, "nbd.reconnect_timeout", std::to_string(cur.nbd.reconnect_timeout),
+       std::to_string(next.nbd.reconnect_timeout));
   note(false, "metrics.listen", opt_address(cur.metrics_listen), opt_address(next.metrics_listen));
   return d;
 }

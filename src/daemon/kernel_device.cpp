@@ -15,7 +15,7 @@ namespace hastnbd {
 KernelDevice::KernelDevice(asio::io_context& io, const ResourceConfig& config, NbdServer& nbd)
     : io_(io), config_(config), nbd_(nbd) {}
 
-KernelDevice::~KernelDevice() = default;
+KernelDevice::~KernelDevice() { *alive_ = false; }
 
 template <class F>
 awaitable<std::invoke_result_t<F>> KernelDevice::blocking(F f) {
@@ -40,37 +40,149 @@ void KernelDevice::failed(const Status& s) {
   spdlog::error("resource {}: {} not attached: {}", config_.name, config_.nbd.device, s.message());
 }
 
+std::string KernelDevice::backend_id() const { return "hastnbd:" + config_.name + "@" + config_.node; }
+
+bool KernelDevice::left_attached() const {
+  auto index = nbd_device_index(config_.nbd.device);
+  return index.ok() && kernel_nbd::backend(*index) == backend_id();
+}
+
+kernel_nbd::AttachParams KernelDevice::params() const {
+  kernel_nbd::AttachParams p;
+  p.index = index_;
+  p.size = size_;
+  p.block_size = p.size % 4096 == 0 ? 4096 : 512;
+  p.server_flags = NbdServer::transmission_flags();
+  // A request unanswered after io_timeout is sent again by the kernel on a
+  // fresh connection (the one it gave up on is replaced: connection_ended),
+  // so a short timeout bounds what a daemon restart stalls and costs only
+  // a resend when a request is merely slow (docs/design.md, "Kernel device").
+  p.timeout_s = config_.nbd.io_timeout;
+  p.dead_conn_timeout_s = config_.nbd.reconnect_timeout;
+  p.backend = backend_id();
+  return p;
+}
+
+void KernelDevice::serve(int fd, unsigned n) {
+  nbd_.serve_connection(
+      asio::generic::stream_protocol::socket(io_, asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), fd),
+      config_.nbd.device + " #" + std::to_string(n), /*kernel=*/true,
+      [this, alive = std::weak_ptr<bool>(alive_)] {
+        if (alive.lock()) connection_ended();
+      });
+}
+
+awaitable<KernelDevice::Handover> KernelDevice::hand_over(unsigned n) {
+  kernel_nbd::AttachParams p = params();
+  std::vector<int> ours;
+  for (unsigned i = 0; i < n; ++i) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      const int err = errno;
+      for (int fd : p.fds) ::close(fd);
+      for (int fd : ours) ::close(fd);
+      co_return Handover{Status::Error(err, std::string("socketpair: ") + std::strerror(err))};
+    }
+    ours.push_back(sv[0]);
+    p.fds.push_back(sv[1]);
+  }
+  // Unlike a first attach, nothing is served before the kernel has the
+  // sockets: what it sends at once waits in them until serve() below.
+  struct Result {
+    Status status;
+    std::vector<bool> taken;
+  };
+  auto call = [p, ours] {
+    Result r;
+    r.status = kernel_nbd::reconfigure(p, ours, r.taken);  // closes p.fds
+    return r;
+  };
+  Result r = co_await blocking(std::move(call));
+  Handover h{r.status, n, 0};
+  for (size_t i = 0; i < ours.size(); ++i) {
+    if (r.status.ok() && r.taken[i]) {
+      serve(ours[i], ++served_);
+      ++h.taken;
+    } else {
+      ::close(ours[i]);
+    }
+  }
+  co_return h;
+}
+
+void KernelDevice::connection_ended() {
+  if (!attached_ || keep_ || replacing_) return;
+  asio::co_spawn(io_, replace_connections(), asio::detached);
+}
+
+awaitable<void> KernelDevice::replace_connections() {
+  auto alive = alive_;
+  replacing_ = true;
+  asio::steady_timer timer(io_);
+  auto wait = std::chrono::milliseconds(20);
+  unsigned tries = 0;
+  while (attached_ && !keep_ && nbd_.kernel_clients() < config_.nbd.connections) {
+    const unsigned missing = config_.nbd.connections - unsigned(nbd_.kernel_clients());
+    Handover h = co_await hand_over(missing);
+    if (!*alive) co_return;
+    if (!h.status.ok()) {
+      // Detached by someone else (nbd-client -d) or taken by another backend.
+      error_ = h.status.message();
+      attached_ = false;
+      spdlog::error("resource {}: {} lost: {}", config_.name, config_.nbd.device, h.status.message());
+      break;
+    }
+    replaced_ += h.taken;
+    if (h.taken > 0)
+      spdlog::warn("resource {}: {}: the kernel dropped {} connection(s); {} handed a new one (requests it had in "
+                   "flight are sent again)",
+                   config_.name, config_.nbd.device, missing, h.taken);
+    if (h.taken == missing) break;
+    // The kernel has not marked the connection dead yet: it does once it
+    // sees our end closed.
+    if (++tries == 50)
+      spdlog::warn("resource {}: {}: the kernel keeps {} connection(s) alive that this daemon no longer serves; "
+                   "retrying",
+                   config_.name, config_.nbd.device, missing - h.taken);
+    timer.expires_after(wait);
+    co_await timer.async_wait(use_nothrow);
+    if (!*alive) co_return;
+    wait = std::min<std::chrono::milliseconds>(wait * 2, std::chrono::seconds(2));
+  }
+  replacing_ = false;
+}
+
 awaitable<void> KernelDevice::attach(uint64_t size) {
   const std::string& path = config_.nbd.device;
   auto index = nbd_device_index(path);
   attached_ = false;
+  keep_ = false;
   error_.clear();
   index_ = -1;
+  size_ = size;
   since_ = std::chrono::system_clock::now();
   if (!index.ok()) co_return failed(index.status());
   index_ = *index;
-  const std::string backend = "hastnbd:" + config_.name + "@" + config_.node;
-  // A daemon of this resource that died while attached leaves the device
-  // connected to dead sockets; take it back if nobody uses it.
-  if (kernel_nbd::backend(index_) == backend) {
-    std::string in_use = co_await users();
-    if (!in_use.empty())
-      co_return failed(Status::Error(EBUSY, "still attached from an earlier run of this daemon and in use (" + in_use +
-                                                "): unmount it, then 'hastnbd-ctl role primary' again"));
-    spdlog::warn("resource {}: {} still attached from an earlier run; detaching it first", config_.name, path);
-    if (Status s = co_await blocking([i = index_] { return kernel_nbd::disconnect(i); }); !s.ok()) co_return failed(s);
+  // An earlier run of this resource that exited or died left the device
+  // attached to dead sockets: hand the kernel new ones and go on.
+  if (kernel_nbd::backend(index_) == backend_id()) {
+    Handover h = co_await hand_over(config_.nbd.connections);
+    if (h.status.ok() && h.taken > 0) {
+      attached_ = true;
+      ++retaken_;
+      spdlog::warn("resource {}: {} was still attached by an earlier run of this daemon; re-took it with {} new "
+                   "connection(s) (the kernel sends again what it had in flight)",
+                   config_.name, path, h.taken);
+      if (h.taken < h.offered) connection_ended();
+      co_return;
+    }
+    if (h.status.ok())
+      co_return failed(Status::Error(EBUSY, "attached as this resource ('" + backend_id() +
+                                                "') with every connection alive: another process serves it"));
+    if (kernel_nbd::connected(index_)) co_return failed(h.status);
+    // Detached meanwhile: attach afresh below.
   }
-  kernel_nbd::AttachParams p;
-  p.index = index_;
-  p.size = size;
-  p.block_size = p.size % 4096 == 0 ? 4096 : 512;
-  p.server_flags = NbdServer::transmission_flags();
-  // A request may rightly wait for a dead peer to time out (fullsync) before
-  // it completes degraded; the kernel must not give up on the whole device
-  // first.
-  p.timeout_s = std::max<uint64_t>(120, 4 * uint64_t(config_.timeout));
-  p.dead_conn_timeout_s = config_.timeout;
-  p.backend = backend;
+  kernel_nbd::AttachParams p = params();
   std::vector<int> ours;
   for (unsigned i = 0; i < config_.nbd.connections; ++i) {
     int sv[2];
@@ -85,10 +197,7 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
   }
   // Served before the kernel has them: it may read (partition scan, udev's
   // blkid) as soon as the device starts.
-  for (size_t i = 0; i < ours.size(); ++i)
-    nbd_.serve_connection(
-        asio::generic::stream_protocol::socket(io_, asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), ours[i]),
-        path + " #" + std::to_string(i + 1), /*kernel=*/true);
+  for (int fd : ours) serve(fd, ++served_);
   // Named before the co_await: GCC 12 copies a closure temporary's captures
   // bitwise into the coroutine frame (a string or vector then shares memory).
   auto connect = [p] { return kernel_nbd::connect(p); };
@@ -96,8 +205,9 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
   for (int fd : p.fds) ::close(fd);  // the kernel holds its own references; on failure our ends see EOF
   if (!s.ok()) co_return failed(s);
   attached_ = true;
-  spdlog::info("resource {}: {} attached ({} bytes, block size {}, {} connection(s))", config_.name, path, p.size,
-               p.block_size, p.fds.size());
+  spdlog::info("resource {}: {} attached ({} bytes, block size {}, {} connection(s), request timeout {} s, "
+               "reconnect timeout {} s)",
+               config_.name, path, p.size, p.block_size, p.fds.size(), p.timeout_s, p.dead_conn_timeout_s);
 }
 
 awaitable<void> KernelDevice::detach() {
@@ -124,6 +234,8 @@ nlohmann::json KernelDevice::status() const {
           {"attached", attached_ && nbd_.kernel_clients() > 0},
           {"connections", nbd_.kernel_clients()},
           {"since", index_ < 0 ? "" : iso_time(since_)},
+          {"retaken", retaken_},
+          {"connections_replaced", replaced_},
           {"error", error_}};
 }
 

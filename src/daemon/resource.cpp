@@ -142,6 +142,23 @@ Status Resource::start() {
   }
   spdlog::info("resource {}: role init; control socket {}", config_.name, config_.control_path());
   hooks_->run("start");
+  // docs/design.md, "Roles across a restart": a device still attached with
+  // this resource's identifier means this node was primary when its daemon
+  // stopped or died, and a file system may be mounted on it, waiting.
+  if (device_->configured() && device_->left_attached()) {
+    spdlog::warn("resource {}: {} is still attached by an earlier run of this daemon: resuming as primary",
+                 config_.name, config_.nbd.device);
+    asio::co_spawn(
+        io_,
+        [this]() -> awaitable<void> {
+          Status s = co_await change_role(Role::kPrimary, /*force=*/false);
+          if (!s.ok())
+            spdlog::error("resource {}: could not resume as primary: {}; I/O on {} fails once its reconnect "
+                          "timeout ({} s) has passed",
+                          config_.name, s.message(), config_.nbd.device, config_.nbd.reconnect_timeout);
+        },
+        asio::detached);
+  }
   return Status::Ok();
 }
 
@@ -304,10 +321,14 @@ awaitable<void> Resource::shutdown() {
   if (control_) control_->close();
   if (metrics_) metrics_->stop();
   if (device_->attached()) {
-    if (std::string users = co_await device_->users(); !users.empty())
-      spdlog::error("resource {}: stopping: detaching {} while in use ({}); its I/O fails from now on", config_.name,
-                    config_.nbd.device, users);
-    co_await device_->detach();
+    // A restart (an upgrade, systemd's Restart=) must not fail the file
+    // system above: the device stays attached and the kernel holds its I/O
+    // for nbd.reconnect_timeout; the next start re-takes it. 'role init'
+    // (or secondary) is what releases it.
+    device_->keep_for_restart();
+    spdlog::warn("resource {}: stopping with {} attached: it stays attached and holds its I/O for {} s; start the "
+                 "daemon again to go on, or run 'hastnbd-ctl role init {}' first to release it",
+                 config_.name, config_.nbd.device, config_.nbd.reconnect_timeout, config_.name);
   }
   co_await nbd_->shutdown();
   co_await write_path_->drain();

@@ -6,6 +6,7 @@
 #include <netlink/genl/ctrl.h>
 #include <netlink/genl/genl.h>
 #include <netlink/netlink.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -118,6 +119,50 @@ Status connect(const AttachParams& p) {
   }
   if (s.code() == EPERM)
     return Status::Error(EPERM, "attach " + dev + ": permission denied (the daemon needs CAP_SYS_ADMIN)");
+  return s;
+}
+
+Status reconfigure(const AttachParams& p, const std::vector<int>& our_ends, std::vector<bool>& taken) {
+  taken.assign(our_ends.size(), false);
+  auto fam = open_family();
+  if (!fam.ok()) return fam.status();
+  auto& [sock, family] = *fam;
+  auto msg = new_msg(family, NBD_CMD_RECONFIGURE);
+  if (!msg.ok()) return msg.status();
+  nl_msg* m = msg->get();
+  bool ok = nla_put_u32(m, NBD_ATTR_INDEX, uint32_t(p.index)) == 0 &&
+            (p.timeout_s == 0 || nla_put_u64(m, NBD_ATTR_TIMEOUT, p.timeout_s) == 0) &&
+            (p.dead_conn_timeout_s == 0 || nla_put_u64(m, NBD_ATTR_DEAD_CONN_TIMEOUT, p.dead_conn_timeout_s) == 0) &&
+            nla_put_string(m, NBD_ATTR_BACKEND_IDENTIFIER, p.backend.c_str()) == 0;
+  if (ok && !p.fds.empty()) {
+    nlattr* socks = nla_nest_start(m, NBD_ATTR_SOCKETS);
+    ok = socks != nullptr;
+    for (int fd : p.fds) {
+      nlattr* item = ok ? nla_nest_start(m, NBD_SOCK_ITEM) : nullptr;
+      ok = item && nla_put_u32(m, NBD_SOCK_FD, uint32_t(fd)) == 0;
+      if (ok) nla_nest_end(m, item);
+    }
+    if (ok) nla_nest_end(m, socks);
+  }
+  if (!ok) return Status::Error(ENOMEM, "netlink: message too large");
+  const std::string dev = "/dev/nbd" + std::to_string(p.index);
+  Status s = send(sock.get(), std::move(*msg), "reconnect " + dev);
+  for (int fd : p.fds) ::close(fd);
+  for (size_t i = 0; i < our_ends.size(); ++i) {
+    // Hung up on: the kernel did not keep its end. (POLLIN alone is the
+    // kernel already sending requests that waited for a connection.)
+    pollfd pfd{our_ends[i], POLLRDHUP, 0};
+    taken[i] = s.ok() && ::poll(&pfd, 1, 0) >= 0 && (pfd.revents & (POLLRDHUP | POLLHUP)) == 0;
+  }
+  if (s.code() == EINVAL) {
+    const std::string owner = backend(p.index);
+    if (owner.empty()) return Status::Error(EINVAL, "reconnect " + dev + ": the device is not connected");
+    if (owner != p.backend)
+      return Status::Error(EINVAL, "reconnect " + dev + ": the device is served by '" + owner + "', not '" + p.backend +
+                                       "'; it is not taken over");
+  }
+  if (s.code() == EPERM)
+    return Status::Error(EPERM, "reconnect " + dev + ": permission denied (the daemon needs CAP_SYS_ADMIN)");
   return s;
 }
 

@@ -61,16 +61,18 @@ void NbdServer::stop_listening() {
   }
 }
 
-void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel) {
+void NbdServer::serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel,
+                                 std::function<void()> on_end) {
   auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer), next_id_++, kernel);
   connections_.insert(conn);
   ++stats_.connections_total;
   asio::co_spawn(
       io_,
-      [this, conn]() -> awaitable<void> {
+      [this, conn, on_end = std::move(on_end)]() -> awaitable<void> {
         co_await conn->run();
         connections_.erase(conn);
         connections_changed_.notify_all();
+        if (on_end) on_end();
       },
       asio::detached);
 }

@@ -8,11 +8,14 @@
 #   device: nbd.device in the configuration, the daemon attaches /dev/nbd0 and
 #           /dev/nbd1 itself on `role primary` and detaches on `role secondary`
 #           (refused while mounted or open).
+#   restart: the primary's daemon killed and restarted, then restarted
+#           cleanly 20 times, under a mounted ext4 with a writer checking
+#           every acknowledged write: no I/O error, the device re-taken.
 # No KVM here: TCG, 10-30x slower than native, hence small disks and long
 # timeouts. The first run downloads and unpacks the kernel package into
 # /var/cache/hastnbd-kernel (about 15 s); later runs reuse it.
 # HASTNBD_KERNEL_TIMEOUT (default 480 s) bounds the VM; arguments (client,
-# device) pick the parts.
+# device, restart) pick the parts.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root

@@ -3,8 +3,8 @@
 # tests/kernel/run-vm boots (Debian's kernel, nbd.ko loaded), with hastnbd's
 # two disks as virtio-blk devices /dev/vda (node a) and /dev/vdb (node b).
 #
-#   guest_t_kernel.sh [client] [device]
-#   (default: $HASTNBD_KERNEL_PARTS, else both, in that order)
+#   guest_t_kernel.sh [client] [device] [restart]
+#   (default: $HASTNBD_KERNEL_PARTS, else all three, in that order)
 #
 # Both parts run the same failover with an ext4 file system on a real kernel
 # /dev/nbdN, two daemons on 127.0.0.1:
@@ -25,6 +25,13 @@
 # `role secondary` detaches it; the demotion must be refused while the file
 # system is mounted and while a process holds the device open. status --json
 # shows .nbd.device = {path, attached, ...}.
+# "restart": `nbd: {device: /dev/nbd0}`, ext4 mounted on it and a writer
+# (tests/kernel/fs_writer.py) writing and fdatasync-ing 4 KiB records; daemon
+# a is killed (SIGKILL) and started again, then stopped (SIGTERM) and started
+# again $HASTNBD_RESTARTS times (default 20): each time it resumes as primary
+# by itself and re-takes /dev/nbd0 (NBD_CMD_RECONFIGURE); the writer sees no
+# error, the kernel logs no I/O or ext4 error, every acknowledged record is
+# there, e2fsck -fn is clean, and after the resync the disks are identical.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/../integration/lib.sh"
 require_root
@@ -41,7 +48,7 @@ PEER_TIMEOUT=15
 parts=("$@")
 # HASTNBD_KERNEL_PARTS (passed into the VM by run-vm) picks parts by hand.
 # shellcheck disable=SC2206
-[ ${#parts[@]} -gt 0 ] || parts=(${HASTNBD_KERNEL_PARTS:-client device})
+[ ${#parts[@]} -gt 0 ] || parts=(${HASTNBD_KERNEL_PARTS:-client device restart})
 
 # lib.sh's wait_for counts polls, not seconds: fine on the host, but here a
 # poll (a fork and exec over 9p, a Python start for a status field) takes up
@@ -266,7 +273,7 @@ part_device() {
   log "== part device: nbd.device, attached by the daemon itself"
   on_exit "nbd_detach_quietly /dev/nbd0"
   on_exit "nbd_detach_quietly /dev/nbd1"
-  NODE_B_EXTRA="nbd: {device: /dev/nbd1}" pair_up "$dir" 7411 7412 "nbd: {device: /dev/nbd0, connections: 2}"
+  NODE_B_EXTRA="nbd: {device: /dev/nbd1}" pair_up "$dir" 7411 7412 "nbd: {device: /dev/nbd0, connections: 2, reconnect_timeout: $PEER_TIMEOUT}"
 
   hastnbd_ctl "$CONF" a role primary data || die "role primary on a (with nbd.device /dev/nbd0) failed"
   # A daemon without the feature accepts nbd.device and ignores it: say so
@@ -335,10 +342,83 @@ part_device() {
   log "== part device passed in $((SECONDS - t0)) s"
 }
 
+# --- part 3: the daemon restarted under a mounted file system ----------------------
+
+# restart_a SIGNAL: daemon a stopped with SIGNAL (KILL: a crash; TERM: a
+# clean stop) and started again while the writer goes on; it must resume as
+# primary by itself, re-take /dev/nbd0, and the writer's next records must be
+# acknowledged with no error. Prints the stall the writer saw so far.
+restart_a() {
+  local sig="$1" t0=$SECONDS before
+  before=$(wc -l <"$T/ledger")
+  kill -"$sig" "${DAEMON_PIDS[a]}"
+  wait "${DAEMON_PIDS[a]}" 2>/dev/null || true
+  kill -0 "$WRITER" 2>/dev/null || die "the writer stopped when daemon a did ($sig): $(cat "$T/fs_writer.out")"
+  start_daemon "$CONF" a data
+  WAIT_PID="" wait_for 60 "a to resume as primary with /dev/nbd0 re-taken" device_attached "$CONF" a     || die "a did not resume as primary with /dev/nbd0 after SIG$sig: $(status_of "$CONF" a 'json.dumps(s["nbd"])')"
+  _ledger_past() { [ "$(wc -l <"$T/ledger")" -gt "$1" ]; }
+  WAIT_PID="$WRITER" wait_for 90 "the writer to go on after SIG$sig" _ledger_past $((before + 5))     || die "the writer made no progress after SIG$sig and a restart: $(cat "$T/fs_writer.out")"
+  log "SIG$sig + start: a primary again, writer at $(wc -l <"$T/ledger") records, $((SECONDS - t0)) s"
+}
+
+part_restart() {
+  local dir="$T/restart" t0=$SECONDS mnt="$T/mnt-r" i n="${HASTNBD_RESTARTS:-20}" rc=0
+  log "== part restart: daemon a killed and restarted under a mounted, busy ext4"
+  on_exit "nbd_detach_quietly /dev/nbd0"
+  pair_up "$dir" 7431 7432 "nbd: {device: /dev/nbd0, io_timeout: 5, reconnect_timeout: 120}"
+  hastnbd_ctl "$CONF" a role primary data || die "role primary on a failed"
+  wait_for 60 "/dev/nbd0 to have $SIZE bytes" nbd_size_is /dev/nbd0 "$SIZE" || die "/dev/nbd0 not attached"
+  wait_pair_synced "$CONF"
+  mkdir -p "$mnt"
+  with_timeout 120 mkfs.ext4 -q -F /dev/nbd0 || die "mkfs.ext4 /dev/nbd0 failed"
+  with_timeout 60 mount /dev/nbd0 "$mnt" || die "mount /dev/nbd0 failed"
+  dmesg -c >/dev/null
+  : >"$T/ledger"
+  "$HASTNBD_PYTHON" "$HASTNBD_SRC/tests/kernel/fs_writer.py" write "$mnt/records" "$T/ledger" --slots 1024 \
+    --seconds 1800 --stop "$T/stop-writer" >"$T/fs_writer.out" 2>&1 &
+  WRITER=$!
+  track_pid "$WRITER"
+  _ledger_past() { [ "$(wc -l <"$T/ledger")" -gt "$1" ]; }
+  WAIT_PID="$WRITER" wait_for 120 "the writer's first records" _ledger_past 50 \
+    || die "the writer got nothing acknowledged: $(cat "$T/fs_writer.out")"
+
+  restart_a KILL
+  for ((i = 1; i <= n; i++)); do
+    restart_a TERM
+  done
+
+  touch "$T/stop-writer"
+  wait "$WRITER" || rc=$?
+  cat "$T/fs_writer.out" >&2
+  [ "$rc" = 0 ] || die "the writer failed across the restarts"
+  ! grep -q " $mnt .*\bro\b" /proc/mounts || die "the file system went read-only"
+  if dmesg | grep -E "EXT4-fs error|EXT4-fs warning|I/O error|Buffer I/O" >"$T/dmesg.bad"; then
+    cat "$T/dmesg.bad" >&2
+    die "the kernel logged I/O or ext4 errors across the restarts"
+  fi
+  log "kernel messages about nbd0 across the restarts: $(dmesg | grep -c nbd0) lines, e.g. $(dmesg | grep nbd0 | tail -n 2 | tr '\n' ' ')"
+  "$HASTNBD_PYTHON" "$HASTNBD_SRC/tests/kernel/fs_writer.py" check "$mnt/records" "$T/ledger" --slots 1024 \
+    || die "acknowledged writes are missing after the restarts"
+  with_timeout 60 umount "$mnt" || die "umount $mnt failed"
+  with_timeout 120 e2fsck -fn /dev/nbd0 >"$T/e2fsck.out" 2>&1 || {
+    cat "$T/e2fsck.out" >&2
+    die "e2fsck -fn /dev/nbd0 is not clean after the restarts"
+  }
+  wait_in_sync "$CONF" a 240 || die "a not in sync with b after the restarts"
+  hastnbd_ctl "$CONF" a role init data || die "role init on a failed"
+  wait_for 30 "/dev/nbd0 to disconnect" nbd_disconnected /dev/nbd0 || die "/dev/nbd0 still attached after role init"
+  stop_daemon "${DAEMON_PIDS[a]}"
+  stop_daemon "${DAEMON_PIDS[b]}"
+  cmp /dev/vda /dev/vdb || die "the two disks differ after the restarts and the resync"
+  log "== part restart passed in $((SECONDS - t0)) s: 1 kill -9 and $n clean restarts, no I/O error, fsck clean," \
+    "every acknowledged record there, disks identical; writer: $(tail -n 1 "$T/fs_writer.out")"
+}
+
 for p in "${parts[@]}"; do
   case "$p" in
   client) part_client ;;
   device) part_device ;;
+  restart) part_restart ;;
   *) die "unknown part $p" ;;
   esac
 done

@@ -60,6 +60,14 @@ struct NbdConfig {
   std::optional<Address> listen;  // optional TCP listener
   std::string device;             // optional /dev/nbdN (kernel client, later issue)
   unsigned connections = 1;       // kernel client connections, 1..16
+  // The kernel device's request timeout (seconds): a request not answered
+  // by then is sent again on a fresh connection (docs/design.md, "Kernel
+  // device"), which bounds the stall of a daemon restart. 1..3600.
+  unsigned io_timeout = 5;
+  // How long the kernel device holds I/O while no daemon serves it (dead
+  // connection timeout, seconds) before failing it: room for a restart.
+  // 1..86400.
+  unsigned reconnect_timeout = 60;
 };
 
 // `tls: {cert, key, ca, name}` of a node (docs/config.md, "TLS"): mutual

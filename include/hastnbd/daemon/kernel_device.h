@@ -2,8 +2,13 @@
 // "Kernel device"): attached after a promotion over the nbd netlink
 // interface, with one socketpair per connection whose other ends the NBD
 // server serves straight into the transmission phase; detached before the
-// export closes. A failed attach leaves the node primary with the reason in
-// status (the Unix socket still serves nbd-client).
+// export closes. A device an earlier run of this resource left attached
+// (the daemon was restarted or killed) is re-taken, not detached: the
+// kernel gets fresh sockets and the file system above never notices. A
+// kernel connection that ends while attached (the kernel gave up on a
+// request after nbd.io_timeout) is replaced the same way. A failed attach
+// leaves the node primary with the reason in status (the Unix socket still
+// serves nbd-client).
 //
 // Every netlink call and device open runs on a helper thread of its own,
 // never on the loop: opening /dev/nbdN may read the partition table through
@@ -20,6 +25,7 @@
 
 #include "hastnbd/base/asio.h"
 #include "hastnbd/config/config.h"
+#include "hastnbd/nbd/kernel.h"
 #include "hastnbd/nbd/server.h"
 
 namespace hastnbd {
@@ -31,25 +37,50 @@ class KernelDevice {
 
   bool configured() const { return !config_.nbd.device.empty(); }
   bool attached() const { return attached_; }
-  // Attach for an export of `size` bytes. A device still attached by an
-  // earlier run of this resource (same backend id) is detached first, unless
-  // it is in use. Failures are logged and kept for status().
+  // Whether the device is attached with this resource's backend identifier
+  // now: an earlier run of this daemon left it (docs/design.md, "Roles
+  // across a restart").
+  bool left_attached() const;
+  // Attach for an export of `size` bytes, or re-take the device an earlier
+  // run left attached. Failures are logged and kept for status().
   awaitable<void> attach(uint64_t size);
   awaitable<void> detach();
+  // The daemon is stopping to be started again: stop serving the device
+  // but leave it attached, and replace no connection from now on.
+  void keep_for_restart() { keep_ = true; }
   // Who uses the device ("" = nobody): see kernel_nbd::users.
   awaitable<std::string> users();
   nlohmann::json status() const;
 
  private:
+  struct Handover {
+    Status status;
+    unsigned offered = 0, taken = 0;
+  };
   template <class F>
   awaitable<std::invoke_result_t<F>> blocking(F f);
   void failed(const Status& s);
+  std::string backend_id() const;
+  kernel_nbd::AttachParams params() const;
+  void serve(int fd, unsigned n);
+  // `n` fresh sockets for connections the kernel holds dead (RECONFIGURE).
+  awaitable<Handover> hand_over(unsigned n);
+  // Keeps the kernel's connection count at nbd.connections while attached.
+  void connection_ended();
+  awaitable<void> replace_connections();
 
   asio::io_context& io_;
   const ResourceConfig& config_;
   NbdServer& nbd_;
   int index_ = -1;
   bool attached_ = false;  // we attached it (and have not detached it since)
+  bool keep_ = false;      // stopping for a restart: replace nothing
+  bool replacing_ = false;
+  uint64_t size_ = 0;
+  unsigned served_ = 0;    // kernel connections handed out so far (their labels)
+  uint64_t retaken_ = 0;   // devices re-taken from an earlier run
+  uint64_t replaced_ = 0;  // connections replaced while attached
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::string error_;      // why the last attach or detach failed
   std::chrono::system_clock::time_point since_;
   std::unique_ptr<asio::thread_pool> pool_;  // one thread, made at first use

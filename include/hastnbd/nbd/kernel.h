@@ -35,6 +35,20 @@ struct AttachParams {
 // the "nbd" generic-netlink family is missing (the message says how to get
 // it, modprobe nbd, and that the Unix socket stays usable with nbd-client).
 Status connect(const AttachParams& p);
+// NBD_CMD_RECONFIGURE: hands the kernel new sockets for connections it has
+// marked dead (their server end closed: the daemon exited or was killed, or
+// the kernel gave up on a request), so the device goes on without being
+// detached: requests waiting for a live connection are sent on the new
+// sockets, and those that were in flight on a dead one are sent again when
+// their request timeout passes (docs/design.md, "Kernel device"). The
+// backend identifier must match the device's (the kernel refuses
+// otherwise): EINVAL when the device is not connected or is another
+// backend's. The kernel takes a socket only while it has a dead connection
+// and silently ignores the rest (drivers/block/nbd.c turns ENOSPC into
+// success): `taken` says which of p.fds it took, found by closing them
+// (the caller must hold no other reference) and seeing which of
+// `our_ends` was hung up on. Timeouts of 0 are left unchanged.
+Status reconfigure(const AttachParams& p, const std::vector<int>& our_ends, std::vector<bool>& taken);
 // NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC on each connection, shuts
 // its ends, and fails whatever is still queued.
 Status disconnect(int index);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -47,7 +48,9 @@ class NbdServer {
   // the server without a listener). `kernel`: the socket goes straight to the
   // transmission phase, for the kernel's end of a socketpair handed over by
   // netlink (nbd/kernel.h), which negotiates nothing.
-  void serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel = false);
+  // `on_end` runs on the loop once the connection is over and removed.
+  void serve_connection(asio::generic::stream_protocol::socket socket, std::string peer, bool kernel = false,
+                        std::function<void()> on_end = {});
 
   size_t clients() const { return connections_.size(); }
   size_t kernel_clients() const;  // of clients(), those of an attached /dev/nbdN
