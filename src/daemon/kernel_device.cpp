@@ -2,9 +2,14 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
+
 #include <cstring>
+#include <fstream>
 #include <vector>
 
 #include "hastnbd/base/logging.h"
@@ -110,6 +115,33 @@ awaitable<KernelDevice::Handover> KernelDevice::hand_over(unsigned n) {
   co_return h;
 }
 
+void KernelDevice::write_heartbeat_count() const {
+  const std::string text = std::to_string(retaken_) + "\n";
+  const int fd = ::open(heartbeat_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return;
+  (void)!::write(fd, text.data(), text.size());
+  ::close(fd);
+}
+
+awaitable<void> KernelDevice::heartbeat() {
+  auto alive = alive_;
+  heartbeat_running_ = true;
+  asio::steady_timer timer(io_);
+  const std::string path = heartbeat_path();
+  while (*alive && attached_ && !keep_) {
+    // A tmpfs file in RUN_DIR: no disk I/O. Created 0600; failures only
+    // cost the next run its stall figure.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd >= 0) {
+      ::futimens(fd, nullptr);
+      ::close(fd);
+    }
+    timer.expires_after(std::chrono::seconds(1));
+    co_await timer.async_wait(use_nothrow);
+  }
+  if (*alive) heartbeat_running_ = false;
+}
+
 void KernelDevice::connection_ended() {
   if (!attached_ || keep_ || replacing_) return;
   asio::co_spawn(io_, replace_connections(), asio::detached);
@@ -166,14 +198,39 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
   // An earlier run of this resource that exited or died left the device
   // attached to dead sockets: hand the kernel new ones and go on.
   if (kernel_nbd::backend(index_) == backend_id()) {
+    struct stat st {};
+    last_stall_s_ = -1;
+    if (::stat(heartbeat_path().c_str(), &st) == 0) {
+      const auto mtime = std::chrono::system_clock::time_point(std::chrono::seconds(st.st_mtim.tv_sec) +
+                                                               std::chrono::nanoseconds(st.st_mtim.tv_nsec));
+      last_stall_s_ = std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - mtime).count());
+    }
+    {
+      std::ifstream in(heartbeat_path());
+      uint64_t n = 0;
+      if (in >> n) retaken_ = n;
+    }
     Handover h = co_await hand_over(config_.nbd.connections);
     if (h.status.ok() && h.taken > 0) {
       attached_ = true;
       ++retaken_;
-      spdlog::warn("resource {}: {} was still attached by an earlier run of this daemon; re-took it with {} new "
-                   "connection(s) (the kernel sends again what it had in flight)",
-                   config_.name, path, h.taken);
+      write_heartbeat_count();
+      if (last_stall_s_ > config_.nbd.reconnect_timeout) {
+        // The kernel has already failed the device's I/O; what was mounted
+        // on it has most likely given up (ext4 aborts its journal).
+        error_ = "re-taken " + std::to_string(int(last_stall_s_)) + " s after the previous run last served it, " +
+                 "later than nbd.reconnect_timeout (" + std::to_string(config_.nbd.reconnect_timeout) +
+                 " s): the kernel failed its I/O meanwhile; unmount, check the file system, mount again";
+        spdlog::error("resource {}: {}: {}", config_.name, path, error_);
+      } else {
+        spdlog::warn("resource {}: {} was still attached by an earlier run of this daemon; re-took it with {} new "
+                     "connection(s) after {} (the kernel sends again what it had in flight)",
+                     config_.name, path, h.taken,
+                     last_stall_s_ < 0 ? std::string("an unknown time")
+                                       : fmt::format("{:.1f} s unserved", last_stall_s_));
+      }
       if (h.taken < h.offered) connection_ended();
+      if (!heartbeat_running_) asio::co_spawn(io_, heartbeat(), asio::detached);
       co_return;
     }
     if (h.status.ok())
@@ -205,6 +262,9 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
   for (int fd : p.fds) ::close(fd);  // the kernel holds its own references; on failure our ends see EOF
   if (!s.ok()) co_return failed(s);
   attached_ = true;
+  retaken_ = 0;
+  write_heartbeat_count();
+  if (!heartbeat_running_) asio::co_spawn(io_, heartbeat(), asio::detached);
   spdlog::info("resource {}: {} attached ({} bytes, block size {}, {} connection(s), request timeout {} s, "
                "reconnect timeout {} s)",
                config_.name, path, p.size, p.block_size, p.fds.size(), p.timeout_s, p.dead_conn_timeout_s);
@@ -235,6 +295,8 @@ nlohmann::json KernelDevice::status() const {
           {"connections", nbd_.kernel_clients()},
           {"since", index_ < 0 ? "" : iso_time(since_)},
           {"retaken", retaken_},
+          {"last_stall_seconds",
+           last_stall_s_ < 0 ? nlohmann::json(nullptr) : nlohmann::json(std::round(last_stall_s_ * 1000) / 1000)},
           {"connections_replaced", replaced_},
           {"error", error_}};
 }

@@ -142,9 +142,20 @@ std::string prometheus_text(const nlohmann::json& st, const NbdOpMetrics& ops) {
   w.one("hastnbd_nbd_clients", "gauge", "NBD clients attached.", num(nbd, "clients"));
   w.one("hastnbd_nbd_connections_total", "counter", "NBD connections accepted.", num(nbd, "connections_total"));
   const nlohmann::json device = nbd.contains("device") ? nbd["device"] : nlohmann::json::object();
-  if (!device.value("path", std::string()).empty())
+  if (!device.value("path", std::string()).empty()) {
     w.one("hastnbd_nbd_device_attached", "gauge", "1 while the kernel device (nbd.device) is attached.",
           device.value("attached", false) ? 1 : 0);
+    w.one("hastnbd_nbd_device_retaken_total", "counter",
+          "Times the kernel device was re-taken by a restarted daemon since it was first attached.",
+          device.value("retaken", uint64_t(0)));
+    w.one("hastnbd_nbd_device_connections_replaced_total", "counter",
+          "Kernel device connections the kernel dropped and this daemon replaced.",
+          device.value("connections_replaced", uint64_t(0)));
+    if (device.contains("last_stall_seconds") && device["last_stall_seconds"].is_number())
+      w.one("hastnbd_nbd_device_last_stall_seconds", "gauge",
+            "How long the kernel device went unserved before its last re-take.",
+            device["last_stall_seconds"].get<double>());
+  }
   w.family("hastnbd_nbd_requests_total", "counter", "NBD requests handled, by operation.");
   for (size_t i = 0; i < ops.size(); ++i)
     w.sample("hastnbd_nbd_requests_total", double(ops[i].requests), std::string("op=\"") + to_string(NbdOp(i)) + "\"");

@@ -148,18 +148,38 @@ Status Resource::start() {
   if (device_->configured() && device_->left_attached()) {
     spdlog::warn("resource {}: {} is still attached by an earlier run of this daemon: resuming as primary",
                  config_.name, config_.nbd.device);
-    asio::co_spawn(
-        io_,
-        [this]() -> awaitable<void> {
-          Status s = co_await change_role(Role::kPrimary, /*force=*/false);
-          if (!s.ok())
-            spdlog::error("resource {}: could not resume as primary: {}; I/O on {} fails once its reconnect "
-                          "timeout ({} s) has passed",
-                          config_.name, s.message(), config_.nbd.device, config_.nbd.reconnect_timeout);
-        },
-        asio::detached);
+    asio::co_spawn(io_, resume_primary(), asio::detached);
   }
   return Status::Ok();
+}
+
+awaitable<void> Resource::resume_primary() {
+  const auto fail = [this](const std::string& why) {
+    spdlog::error("resource {}: not resuming as primary: {}; I/O on {} fails once its reconnect timeout ({} s) has "
+                  "passed",
+                  config_.name, why, config_.nbd.device, config_.nbd.reconnect_timeout);
+  };
+  resuming_ = true;  // change_role leaves the device to us
+  Status s = co_await change_role(Role::kPrimary, /*force=*/false);
+  resuming_ = false;
+  if (!s.ok()) co_return fail(s.message());
+  // Another node promoted while this daemon was down (a failover) owns the
+  // data now: this file system must not go on writing. Wait for the first
+  // answer from the peer, for a few seconds at most: an unreachable peer
+  // cannot be told from a dead one, as at any promotion.
+  if (replicator_) {
+    asio::steady_timer timer(io_);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(std::min(5u, config_.timeout));
+    while (replicator_->attempts() == 0 && std::chrono::steady_clock::now() < until && role_ == Role::kPrimary) {
+      timer.expires_after(std::chrono::milliseconds(50));
+      co_await timer.async_wait(use_nothrow);
+    }
+    if (replicator_->peer_was_primary()) {
+      co_await change_role(Role::kInit, /*force=*/true);
+      co_return fail("peer '" + config_.peer_node + "' is primary now (it was promoted while this daemon was down)");
+    }
+  }
+  if (role_ == Role::kPrimary) co_await device_->attach(store_->header().data_size);
 }
 
 awaitable<Status> Resource::discard_my_data() {
@@ -257,7 +277,8 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   role_since_ = std::chrono::system_clock::now();
   spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
   sd::status(std::string("role ") + to_string(to));
-  if (to == Role::kPrimary && device_->configured()) co_await device_->attach(store_->header().data_size);
+  if (to == Role::kPrimary && device_->configured() && !resuming_)
+    co_await device_->attach(store_->header().data_size);
   hooks_->run("role", {to_string(from), to_string(to)});
   co_return Status::Ok();
 }

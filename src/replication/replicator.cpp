@@ -201,6 +201,7 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   peer::HelloResult theirs = co_await peer::receive_hello(*conn, ours, config_.peer_node, std::nullopt);
   if (theirs.peer_gone) co_return theirs.hello.status();
   Status s = theirs.hello.status();
+  if (s.ok()) peer_was_primary_ = theirs.hello->role == uint8_t(Role::kPrimary);
   if (s.ok() && on_hello && theirs.hello->role != uint8_t(Role::kInit)) s = co_await on_hello(*theirs.hello);
   if (s.ok() && theirs.hello->role != uint8_t(Role::kSecondary))
     s = Status::Error(EINVAL, "peer '" + theirs.hello->node + "' is not in role secondary");
@@ -270,6 +271,7 @@ awaitable<void> Replicator::run(uint64_t run_id) {
   auto current = [&] { return running_ && run_id == run_id_; };
   while (current()) {
     set_state(PeerState::kConnecting);
+    peer_was_primary_ = false;
     // The config is read at each attempt: a reload may change the address.
     // (No co_await inside ?: : GCC 12 miscompiles it.)
     Result<PeerConnection::Socket> sock = Status::Error(ENOTCONN, "not connected");
@@ -303,6 +305,7 @@ awaitable<void> Replicator::run(uint64_t run_id) {
       if (conn) conn->close("stopped");
       break;
     }
+    ++attempts_;
     if (!s.ok()) {
       if (conn) conn->close(s.message());
       last_error_ = s.message();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A writer on a mounted file system that remembers what it saw acknowledged.
 
-  fs_writer.py write FILE LEDGER --slots N --seconds S [--stop PATH]
+  fs_writer.py write FILE LEDGER --slots N --seconds S [--stop PATH] [--stalls PATH]
   fs_writer.py check FILE LEDGER --slots N
 
 write: FILE is N slots of 4 KiB. Record k goes to slot k mod N: the slot
@@ -10,7 +10,8 @@ then fdatasync; once fdatasync returned, "k" is appended to LEDGER (flushed,
 on another file system). Any error (EIO from a dead device, EROFS from a file
 system that went read-only) ends the run with status 1 and says so. It stops
 after S seconds or when PATH exists, printing the records written and the
-longest time one write + fdatasync took (the stall).
+longest time one write + fdatasync took (the stall); --stalls logs every
+one of 0.25 s or more.
 
 check: for every slot, the newest record LEDGER says was acknowledged there
 must be in FILE, or a newer one (written, perhaps not acknowledged): an
@@ -46,6 +47,7 @@ def parse(block: bytes, slot: int):
 def write(args) -> int:
     fd = os.open(args.file, os.O_RDWR | os.O_CREAT, 0o600)
     ledger = open(args.ledger, "a", buffering=1)
+    stalls = open(args.stalls, "a", buffering=1) if args.stalls else None
     deadline = time.monotonic() + args.seconds
     k = 0
     worst = 0.0
@@ -56,7 +58,10 @@ def write(args) -> int:
             t0 = time.monotonic()
             os.pwrite(fd, record(k, slot), slot * BLOCK)
             os.fdatasync(fd)
-            worst = max(worst, time.monotonic() - t0)
+            took = time.monotonic() - t0
+            worst = max(worst, took)
+            if stalls and took >= 0.25:
+                stalls.write(f"{k} {took:.3f}\n")
             ledger.write(f"{k}\n")
             k += 1
     except OSError as e:
@@ -100,6 +105,7 @@ def main() -> int:
     p.add_argument("--slots", type=int, default=2048)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--stop")
+    p.add_argument("--stalls", help="append 'RECORD SECONDS' for every write + fdatasync of 0.25 s or more")
     args = p.parse_args()
     return write(args) if args.mode == "write" else check(args)
 

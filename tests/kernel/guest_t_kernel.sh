@@ -3,8 +3,8 @@
 # tests/kernel/run-vm boots (Debian's kernel, nbd.ko loaded), with hastnbd's
 # two disks as virtio-blk devices /dev/vda (node a) and /dev/vdb (node b).
 #
-#   guest_t_kernel.sh [client] [device] [restart]
-#   (default: $HASTNBD_KERNEL_PARTS, else all three, in that order)
+#   guest_t_kernel.sh [client] [device] [restart] [takeover]
+#   (default: $HASTNBD_KERNEL_PARTS, else all four, in that order)
 #
 # Both parts run the same failover with an ext4 file system on a real kernel
 # /dev/nbdN, two daemons on 127.0.0.1:
@@ -32,6 +32,11 @@
 # by itself and re-takes /dev/nbd0 (NBD_CMD_RECONFIGURE); the writer sees no
 # error, the kernel logs no I/O or ext4 error, every acknowledged record is
 # there, e2fsck -fn is clean, and after the resync the disks are identical.
+# "takeover": (a) a restart later than nbd.reconnect_timeout: the kernel
+# failed the device's I/O meanwhile, the new daemon re-takes it and status
+# says it came too late; (b) b promoted while a's daemon was down: a started
+# again sees b primary and does not resume; (c) /dev/nbd0 attached by
+# nbd-client: a restarted daemon stays init and leaves it alone.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/../integration/lib.sh"
 require_root
@@ -48,7 +53,7 @@ PEER_TIMEOUT=15
 parts=("$@")
 # HASTNBD_KERNEL_PARTS (passed into the VM by run-vm) picks parts by hand.
 # shellcheck disable=SC2206
-[ ${#parts[@]} -gt 0 ] || parts=(${HASTNBD_KERNEL_PARTS:-client device restart})
+[ ${#parts[@]} -gt 0 ] || parts=(${HASTNBD_KERNEL_PARTS:-client device restart takeover})
 
 # lib.sh's wait_for counts polls, not seconds: fine on the host, but here a
 # poll (a fork and exec over 9p, a Python start for a status field) takes up
@@ -358,7 +363,14 @@ restart_a() {
   WAIT_PID="" wait_for 60 "a to resume as primary with /dev/nbd0 re-taken" device_attached "$CONF" a     || die "a did not resume as primary with /dev/nbd0 after SIG$sig: $(status_of "$CONF" a 'json.dumps(s["nbd"])')"
   _ledger_past() { [ "$(wc -l <"$T/ledger")" -gt "$1" ]; }
   WAIT_PID="$WRITER" wait_for 90 "the writer to go on after SIG$sig" _ledger_past $((before + 5))     || die "the writer made no progress after SIG$sig and a restart: $(cat "$T/fs_writer.out")"
-  log "SIG$sig + start: a primary again, writer at $(wc -l <"$T/ledger") records, $((SECONDS - t0)) s"
+  # The longest write + fdatasync since the stop (the writer logs those of
+  # 0.25 s or more).
+  local stall
+  stall="$(tail -n +$((STALL_LINES + 1)) "$T/stalls" | awk 'BEGIN {m = 0} $2 > m {m = $2} END {print m}')"
+  STALL_LINES=$(wc -l <"$T/stalls")
+  echo "$sig $stall" >>"$T/restart-stalls"
+  log "SIG$sig + start: a primary again, writer at $(wc -l <"$T/ledger") records, longest write stall ${stall} s," \
+    "$((SECONDS - t0)) s in all"
 }
 
 part_restart() {
@@ -374,8 +386,11 @@ part_restart() {
   with_timeout 60 mount /dev/nbd0 "$mnt" || die "mount /dev/nbd0 failed"
   dmesg -c >/dev/null
   : >"$T/ledger"
+  : >"$T/stalls"
+  : >"$T/restart-stalls"
+  STALL_LINES=0
   "$HASTNBD_PYTHON" "$HASTNBD_SRC/tests/kernel/fs_writer.py" write "$mnt/records" "$T/ledger" --slots 1024 \
-    --seconds 1800 --stop "$T/stop-writer" >"$T/fs_writer.out" 2>&1 &
+    --seconds 1800 --stop "$T/stop-writer" --stalls "$T/stalls" >"$T/fs_writer.out" 2>&1 &
   WRITER=$!
   track_pid "$WRITER"
   _ledger_past() { [ "$(wc -l <"$T/ledger")" -gt "$1" ]; }
@@ -410,12 +425,85 @@ part_restart() {
   stop_daemon "${DAEMON_PIDS[a]}"
   stop_daemon "${DAEMON_PIDS[b]}"
   cmp /dev/vda /dev/vdb || die "the two disks differ after the restarts and the resync"
+  log "restart stalls (longest write + fdatasync): kill -9 $(awk '$1 == "KILL" {print $2}' "$T/restart-stalls") s;" \
+    "clean: max $(awk '$1 == "TERM" && $2 > m {m = $2} END {print m + 0}' "$T/restart-stalls") s over $n"
   log "== part restart passed in $((SECONDS - t0)) s: 1 kill -9 and $n clean restarts, no I/O error, fsck clean," \
     "every acknowledged record there, disks identical; writer: $(tail -n 1 "$T/fs_writer.out")"
 }
 
+# --- part 4: restarts that must not re-take the device -------------------------------
+
+# log_has CONF NODE TEXT: the node's daemon log says TEXT.
+log_has() {
+  grep -qF -- "$3" "$(daemon_log "$2")"
+}
+
+part_takeover() {
+  local dir="$T/takeover" t0=$SECONDS rc=0
+  log "== part takeover: a restart too late, after a failover, and a device that is not ours"
+  on_exit "nbd_detach_quietly /dev/nbd0"
+  on_exit "nbd_detach_quietly /dev/nbd1"
+  NODE_B_EXTRA="nbd: {device: /dev/nbd1}" pair_up "$dir" 7441 7442 \
+    "nbd: {device: /dev/nbd0, io_timeout: 5, reconnect_timeout: 8}"
+  hastnbd_ctl "$CONF" a role primary data || die "role primary on a failed"
+  wait_for 60 "/dev/nbd0 attached" nbd_size_is /dev/nbd0 "$SIZE" || die "/dev/nbd0 not attached"
+  wait_pair_synced "$CONF"
+
+  # (a) Too late: the kernel fails the device's I/O after reconnect_timeout;
+  # the daemon started after that re-takes it and says I/O failed meanwhile.
+  kill -KILL "${DAEMON_PIDS[a]}"
+  wait "${DAEMON_PIDS[a]}" 2>/dev/null || true
+  if with_timeout 60 dd if=/dev/nbd0 of=/dev/null bs=4096 count=1 skip=77 iflag=direct 2>"$T/dd.err"; then
+    die "a read of /dev/nbd0 with no daemon succeeded"
+  fi
+  log "(a) no daemon for $((SECONDS - t0)) s: a read of /dev/nbd0 failed: $(tr '\n' ' ' <"$T/dd.err")"
+  start_daemon "$CONF" a data
+  WAIT_PID="" wait_for 60 "a primary with /dev/nbd0 re-taken" device_attached "$CONF" a \
+    || die "(a) a did not re-take /dev/nbd0"
+  status_of "$CONF" a 's["nbd"]["device"]["error"]' | grep -q "later than nbd.reconnect_timeout" \
+    || die "(a) status does not say the re-take came too late: $(status_of "$CONF" a 'json.dumps(s["nbd"]["device"])')"
+  log "(a) $(status_of "$CONF" a 's["nbd"]["device"]["error"]')"
+
+  # (b) b was promoted while a's daemon was down: a must not resume.
+  wait_in_sync "$CONF" a 120 || die "(b) a not in sync before the failover"
+  kill -KILL "${DAEMON_PIDS[a]}"
+  wait "${DAEMON_PIDS[a]}" 2>/dev/null || true
+  wait_peer_state_not "$CONF" b connected 60 || die "(b) b still connected to the dead a"
+  hastnbd_ctl "$CONF" b role primary data || die "(b) role primary on b failed"
+  start_daemon "$CONF" a data
+  WAIT_PID="" wait_for 60 "a to decide" log_has "$CONF" a "not resuming as primary" \
+    || die "(b) a did not refuse to resume: $(tail -n 20 "$(daemon_log a)")"
+  [ "$(status_of "$CONF" a 's["role"]')" = init ] || die "(b) a is not in role init"
+  ! device_attached "$CONF" a || die "(b) a re-took /dev/nbd0 while b is primary"
+  log "(b) $(grep -F "not resuming as primary" "$(daemon_log a)" | tail -n 1)"
+
+  # (c) A device attached by something else is never taken: nbd-client on
+  # /dev/nbd0 against b's NBD socket; a restarted stays init, leaves it be.
+  nbd_detach_quietly /dev/nbd0
+  wait_for 30 "/dev/nbd0 free" nbd_disconnected /dev/nbd0 || die "(c) /dev/nbd0 still connected"
+  with_timeout 60 nbd-client -unix "$(nbd_socket "$CONF" b data)" /dev/nbd0 -N data -b 4096 >/dev/null 2>&1 \
+    || die "(c) nbd-client could not attach /dev/nbd0 to b"
+  stop_daemon "${DAEMON_PIDS[a]}"
+  local from
+  from=$(($(wc -l <"$(daemon_log a)") + 1))
+  start_daemon "$CONF" a data
+  sleep 3
+  [ "$(status_of "$CONF" a 's["role"]')" = init ] || die "(c) a resumed with a device that is not its own"
+  ! tail -n +"$from" "$(daemon_log a)" | grep -q "resuming as primary" || die "(c) a tried to resume as primary"
+  nbd_connected /dev/nbd0 || die "(c) /dev/nbd0 (nbd-client) was disconnected"
+  with_timeout 60 dd if=/dev/nbd0 of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null \
+    || die "(c) /dev/nbd0 through nbd-client no longer reads"
+  log "(c) /dev/nbd0 attached by nbd-client: a restarted stays init and leaves it alone"
+  nbd_detach_quietly /dev/nbd0
+  hastnbd_ctl "$CONF" b role secondary data >/dev/null || die "role secondary on b failed"
+  stop_daemon "${DAEMON_PIDS[a]}"
+  stop_daemon "${DAEMON_PIDS[b]}"
+  log "== part takeover passed in $((SECONDS - t0)) s"
+}
+
 for p in "${parts[@]}"; do
   case "$p" in
+  takeover) part_takeover ;;
   client) part_client ;;
   device) part_device ;;
   restart) part_restart ;;

@@ -68,6 +68,11 @@ class KernelDevice {
   // Keeps the kernel's connection count at nbd.connections while attached.
   void connection_ended();
   awaitable<void> replace_connections();
+  // RUN_DIR/RESOURCE.device: its mtime is renewed every second while the
+  // device is served, so a later run can tell how long it went unserved.
+  std::string heartbeat_path() const { return config_.run_dir + "/" + config_.name + ".device"; }
+  awaitable<void> heartbeat();
+  void write_heartbeat_count() const;  // the file holds retaken_: restarts survived since the first attach
 
   asio::io_context& io_;
   const ResourceConfig& config_;
@@ -78,8 +83,10 @@ class KernelDevice {
   bool replacing_ = false;
   uint64_t size_ = 0;
   unsigned served_ = 0;    // kernel connections handed out so far (their labels)
-  uint64_t retaken_ = 0;   // devices re-taken from an earlier run
+  uint64_t retaken_ = 0;   // re-takes since the device was first attached, across restarts
   uint64_t replaced_ = 0;  // connections replaced while attached
+  double last_stall_s_ = -1;  // how long the device went unserved before the last re-take (-1: unknown)
+  bool heartbeat_running_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::string error_;      // why the last attach or detach failed
   std::chrono::system_clock::time_point since_;

@@ -87,6 +87,10 @@ class Resource {
   Status accept_peer(PeerConnection::Socket socket, std::string who);
 
  private:
+  // At start, when the kernel device is still attached by an earlier run
+  // (docs/design.md, "Roles across a restart"): primary again, the device
+  // re-taken, unless the peer has become primary meanwhile.
+  awaitable<void> resume_primary();
   Resource(asio::io_context& io, ResourceConfig config, ResourceSeams seams);
   Status become_primary();
   static Status load_tls(ResourceConfig& c);
@@ -117,6 +121,7 @@ class Resource {
   std::chrono::system_clock::time_point role_since_;
   std::chrono::system_clock::time_point started_;
   bool changing_role_ = false;
+  bool resuming_ = false;  // resume_primary() attaches the device itself
   bool shutting_down_ = false;
 };
 

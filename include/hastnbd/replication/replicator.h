@@ -57,6 +57,10 @@ class Replicator {
 
   PeerState state() const { return state_; }
   bool connected() const { return state_ == PeerState::kConnected; }
+  // Connection attempts that ended (connected or not) since start(), and
+  // whether the peer's HELLO in the last one said it is primary.
+  uint64_t attempts() const { return attempts_; }
+  bool peer_was_primary() const { return peer_was_primary_; }
 
   // Sends one record, or returns nullptr when not connected. Waits while
   // max_inflight bytes are already unacknowledged, so memory stays bounded.
@@ -105,6 +109,8 @@ class Replicator {
   std::function<peer::Hello()> hello_;
   PeerConnector connect_;
   PeerState state_ = PeerState::kDisconnected;
+  uint64_t attempts_ = 0;
+  bool peer_was_primary_ = false;
   std::chrono::system_clock::time_point state_since_;
   std::string last_error_;
   std::string last_logged_;  // the last connect failure logged, so a retry loop logs each cause once
