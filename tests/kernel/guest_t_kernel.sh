@@ -377,7 +377,7 @@ part_restart() {
   local dir="$T/restart" t0=$SECONDS mnt="$T/mnt-r" i n="${HASTNBD_RESTARTS:-20}" rc=0
   log "== part restart: daemon a killed and restarted under a mounted, busy ext4"
   on_exit "nbd_detach_quietly /dev/nbd0"
-  pair_up "$dir" 7431 7432 "nbd: {device: /dev/nbd0, io_timeout: 5, reconnect_timeout: 120}"
+  pair_up "$dir" 7431 7432 "nbd: {device: /dev/nbd0, reconnect_timeout: 120}"
   hastnbd_ctl "$CONF" a role primary data || die "role primary on a failed"
   wait_for 60 "/dev/nbd0 to have $SIZE bytes" nbd_size_is /dev/nbd0 "$SIZE" || die "/dev/nbd0 not attached"
   wait_pair_synced "$CONF"
@@ -426,7 +426,8 @@ part_restart() {
   stop_daemon "${DAEMON_PIDS[b]}"
   cmp /dev/vda /dev/vdb || die "the two disks differ after the restarts and the resync"
   log "restart stalls (longest write + fdatasync): kill -9 $(awk '$1 == "KILL" {print $2}' "$T/restart-stalls") s;" \
-    "clean: max $(awk '$1 == "TERM" && $2 > m {m = $2} END {print m + 0}' "$T/restart-stalls") s over $n"
+    "clean: median $(awk '$1 == "TERM" {print $2}' "$T/restart-stalls" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)] + 0}') s," \
+    "max $(awk '$1 == "TERM" && $2 > m {m = $2} END {print m + 0}' "$T/restart-stalls") s over $n"
   log "== part restart passed in $((SECONDS - t0)) s: 1 kill -9 and $n clean restarts, no I/O error, fsck clean," \
     "every acknowledged record there, disks identical; writer: $(tail -n 1 "$T/fs_writer.out")"
 }

@@ -63,7 +63,7 @@ struct NbdConfig {
   // The kernel device's request timeout (seconds): a request not answered
   // by then is sent again on a fresh connection (docs/design.md, "Kernel
   // device"), which bounds the stall of a daemon restart. 1..3600.
-  unsigned io_timeout = 5;
+  unsigned io_timeout = 3;
   // How long the kernel device holds I/O while no daemon serves it (dead
   // connection timeout, seconds) before failing it: room for a restart.
   // 1..86400.
