@@ -1,14 +1,18 @@
-#include "hastnbd/base/files.h"
-#include "hastnbd/peer/tls.h"
 #include "hastnbd/daemon/resource.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
+#include "hastnbd/base/files.h"
 #include "hastnbd/daemon/commands.h"
 #include "hastnbd/daemon/role_change.h"
 #include "hastnbd/daemon/sd_notify.h"
+#include "hastnbd/peer/tls.h"
 #include "hastnbd/replication/transitions.h"
 
 namespace hastnbd {
@@ -145,12 +149,56 @@ Status Resource::start() {
   // docs/design.md, "Roles across a restart": a device still attached with
   // this resource's identifier means this node was primary when its daemon
   // stopped or died, and a file system may be mounted on it, waiting.
+  const std::optional<Role> before = recorded_role();
   if (device_->configured() && device_->left_attached()) {
     spdlog::warn("resource {}: {} is still attached by an earlier run of this daemon: resuming as primary",
                  config_.name, config_.nbd.device);
+    resuming_any_ = true;
+    changing_role_ = true;  // requests wait for the resume (change_role)
     asio::co_spawn(io_, resume_primary(), asio::detached);
+  } else if (before == Role::kSecondary && secondary_) {
+    spdlog::warn("resource {}: this node was secondary when its daemon last stopped ({}): resuming as secondary",
+                 config_.name, role_path());
+    resuming_any_ = true;
+    asio::co_spawn(
+        io_,
+        [this]() -> awaitable<void> {
+          changing_role_ = false;  // see below: held from start() to here
+          Status s = co_await change_role(Role::kSecondary, /*force=*/false);
+          resuming_any_ = false;
+          if (!s.ok()) spdlog::error("resource {}: could not resume as secondary: {}", config_.name, s.message());
+        },
+        asio::detached);
+    changing_role_ = true;  // requests wait for the resume (change_role)
+  } else if (before == Role::kPrimary) {
+    spdlog::warn("resource {}: this node was primary when its daemon last stopped, but no kernel device of this "
+                 "resource is attached (none configured, or it was released): staying in role init",
+                 config_.name);
+  } else {
+    record_role();
   }
   return Status::Ok();
+}
+
+std::string Resource::role_path() const { return config_.run_dir + "/" + config_.name + ".role"; }
+
+std::optional<Role> Resource::recorded_role() const {
+  std::ifstream in(role_path());
+  std::string word;
+  if (!(in >> word)) return std::nullopt;
+  return parse_role(word);
+}
+
+void Resource::record_role() const {
+  // RUN_DIR is a tmpfs under systemd (kept across restarts of the unit by
+  // RuntimeDirectoryPreserve=, gone at a reboot): a role outlives a
+  // restart of the daemon, never a reboot (docs/design.md, "Roles across a
+  // restart").
+  const std::string text = std::string(to_string(role_)) + "\n";
+  const int fd = ::open(role_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 || ::write(fd, text.data(), text.size()) != ssize_t(text.size()))
+    spdlog::warn("resource {}: cannot record the role in {}: {}", config_.name, role_path(), std::strerror(errno));
+  if (fd >= 0) ::close(fd);
 }
 
 awaitable<void> Resource::resume_primary() {
@@ -160,9 +208,13 @@ awaitable<void> Resource::resume_primary() {
                   config_.name, why, config_.nbd.device, config_.nbd.reconnect_timeout);
   };
   resuming_ = true;  // change_role leaves the device to us
+  changing_role_ = false;  // held since start()
   Status s = co_await change_role(Role::kPrimary, /*force=*/false);
   resuming_ = false;
-  if (!s.ok()) co_return fail(s.message());
+  if (!s.ok()) {
+    resuming_any_ = false;
+    co_return fail(s.message());
+  }
   // Another node promoted while this daemon was down (a failover) owns the
   // data now: this file system must not go on writing. Wait for the first
   // answer from the peer, for a few seconds at most: an unreachable peer
@@ -176,10 +228,12 @@ awaitable<void> Resource::resume_primary() {
     }
     if (replicator_->peer_was_primary()) {
       co_await change_role(Role::kInit, /*force=*/true);
+      resuming_any_ = false;
       co_return fail("peer '" + config_.peer_node + "' is primary now (it was promoted while this daemon was down)");
     }
   }
   if (role_ == Role::kPrimary) co_await device_->attach(store_->header().data_size);
+  resuming_any_ = false;
 }
 
 awaitable<Status> Resource::discard_my_data() {
@@ -196,6 +250,7 @@ awaitable<Status> Resource::discard_my_data() {
     Status r = secondary_->start();
     if (!r.ok()) {
       role_ = Role::kInit;
+      record_role();
       if (s.ok()) s = r;
     }
   }
@@ -235,6 +290,13 @@ json Resource::reload() {
 
 awaitable<Status> Resource::change_role(Role to, bool force) {
   if (shutting_down_) co_return Status::Error(ESHUTDOWN, "hastnbd is shutting down");
+  // A request that arrives while the daemon resumes its role after a
+  // restart (start()) waits for that, then applies to the resumed role: a
+  // cluster manager's `role secondary` right after the start is no error.
+  for (asio::steady_timer t(io_); changing_role_ && resuming_any_;) {
+    t.expires_after(std::chrono::milliseconds(20));
+    co_await t.async_wait(use_nothrow);
+  }
   if (changing_role_) co_return Status::Error(EBUSY, "a role change is already in progress");
   const bool target = meta::is_sync_target(store_->header());
   RoleContext ctx{nbd_->clients() - nbd_->kernel_clients(), /*secondary_available=*/secondary_ != nullptr, force,
@@ -270,11 +332,13 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   if (!s.ok()) {
     role_ = Role::kInit;
     role_since_ = std::chrono::system_clock::now();
+    record_role();
     spdlog::error("resource {}: role {} failed: {}", config_.name, to_string(to), s.message());
     co_return s;
   }
   role_ = to;
   role_since_ = std::chrono::system_clock::now();
+  record_role();
   spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
   sd::status(std::string("role ") + to_string(to));
   if (to == Role::kPrimary && device_->configured() && !resuming_)

@@ -91,6 +91,10 @@ class Resource {
   // (docs/design.md, "Roles across a restart"): primary again, the device
   // re-taken, unless the peer has become primary meanwhile.
   awaitable<void> resume_primary();
+  // RUN_DIR/RESOURCE.role: the role, rewritten at every change.
+  std::string role_path() const;
+  std::optional<Role> recorded_role() const;
+  void record_role() const;
   Resource(asio::io_context& io, ResourceConfig config, ResourceSeams seams);
   Status become_primary();
   static Status load_tls(ResourceConfig& c);
@@ -122,6 +126,7 @@ class Resource {
   std::chrono::system_clock::time_point started_;
   bool changing_role_ = false;
   bool resuming_ = false;  // resume_primary() attaches the device itself
+  bool resuming_any_ = false;  // a role is being resumed after a restart
   bool shutting_down_ = false;
 };
 
