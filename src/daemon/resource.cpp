@@ -159,17 +159,19 @@ Status Resource::start() {
   } else if (before == Role::kSecondary && secondary_) {
     spdlog::warn("resource {}: this node was secondary when its daemon last stopped ({}): resuming as secondary",
                  config_.name, role_path());
+    // Requests wait for the resume (change_role). Set before co_spawn, which
+    // may run the coroutine at once when called on the loop.
     resuming_any_ = true;
+    changing_role_ = true;
     asio::co_spawn(
         io_,
         [this]() -> awaitable<void> {
-          changing_role_ = false;  // see below: held from start() to here
+          changing_role_ = false;  // held since start()
           Status s = co_await change_role(Role::kSecondary, /*force=*/false);
           resuming_any_ = false;
           if (!s.ok()) spdlog::error("resource {}: could not resume as secondary: {}", config_.name, s.message());
         },
         asio::detached);
-    changing_role_ = true;  // requests wait for the resume (change_role)
   } else if (before == Role::kPrimary) {
     spdlog::warn("resource {}: this node was primary when its daemon last stopped, but no kernel device of this "
                  "resource is attached (none configured, or it was released): staying in role init",

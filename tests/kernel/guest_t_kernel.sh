@@ -173,14 +173,19 @@ fill_fs() {
   log "ext4 on $dev: $(du -sh "$mnt/d" | cut -f1) written and synced"
 }
 
-# check_fs DEV MNT: fsck -fn clean, mount, every sum intact, umount.
+# check_fs DEV MNT: the journal replayed (a mount and umount, as after any
+# crash: the copy is of a file system that was mounted, and whether ext4 had
+# checkpointed its last commits before the kill is timing), then fsck -fn
+# clean, mount, every sum intact, umount.
 check_fs() {
   local dev="$1" mnt="$2"
+  mkdir -p "$mnt"
+  with_timeout 60 mount "$dev" "$mnt" || die "mount $dev (journal replay) failed after the failover"
+  with_timeout 60 umount "$mnt" || die "umount $mnt failed"
   with_timeout 120 e2fsck -fn "$dev" >"$T/e2fsck.out" 2>&1 || {
     cat "$T/e2fsck.out" >&2
-    die "e2fsck -fn $dev is not clean after the failover"
+    die "e2fsck -fn $dev is not clean after the failover (and a journal replay)"
   }
-  mkdir -p "$mnt"
   with_timeout 60 mount "$dev" "$mnt" || die "mount $dev failed after the failover"
   (cd "$mnt/d" && with_timeout 60 sha256sum --quiet -c "$T/files.sha256") \
     || die "files differ after the failover"
