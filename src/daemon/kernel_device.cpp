@@ -17,6 +17,28 @@
 
 namespace hastnbd {
 
+namespace {
+
+// `n` socketpairs: our ends and the kernel's. On failure none is left open.
+Status socket_pairs(unsigned n, std::vector<int>& ours, std::vector<int>& theirs) {
+  for (unsigned i = 0; i < n; ++i) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      const int err = errno;
+      for (int fd : ours) ::close(fd);
+      for (int fd : theirs) ::close(fd);
+      ours.clear();
+      theirs.clear();
+      return Status::Error(err, std::string("socketpair: ") + std::strerror(err));
+    }
+    ours.push_back(sv[0]);
+    theirs.push_back(sv[1]);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 KernelDevice::KernelDevice(asio::io_context& io, const ResourceConfig& config, NbdServer& nbd)
     : io_(io), config_(config), nbd_(nbd) {}
 
@@ -80,17 +102,7 @@ void KernelDevice::serve(int fd, unsigned n) {
 awaitable<KernelDevice::Handover> KernelDevice::hand_over(unsigned n) {
   kernel_nbd::AttachParams p = params();
   std::vector<int> ours;
-  for (unsigned i = 0; i < n; ++i) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      const int err = errno;
-      for (int fd : p.fds) ::close(fd);
-      for (int fd : ours) ::close(fd);
-      co_return Handover{Status::Error(err, std::string("socketpair: ") + std::strerror(err))};
-    }
-    ours.push_back(sv[0]);
-    p.fds.push_back(sv[1]);
-  }
+  if (Status s = socket_pairs(n, ours, p.fds); !s.ok()) co_return Handover{s};
   // Unlike a first attach, nothing is served before the kernel has the
   // sockets: what it sends at once waits in them until serve() below.
   struct Result {
@@ -241,17 +253,7 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
   }
   kernel_nbd::AttachParams p = params();
   std::vector<int> ours;
-  for (unsigned i = 0; i < config_.nbd.connections; ++i) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      int err = errno;
-      for (int fd : p.fds) ::close(fd);
-      for (int fd : ours) ::close(fd);
-      co_return failed(Status::Error(err, std::string("socketpair: ") + std::strerror(err)));
-    }
-    ours.push_back(sv[0]);
-    p.fds.push_back(sv[1]);
-  }
+  if (Status s = socket_pairs(config_.nbd.connections, ours, p.fds); !s.ok()) co_return failed(s);
   // Served before the kernel has them: it may read (partition scan, udev's
   // blkid) as soon as the device starts.
   for (int fd : ours) serve(fd, ++served_);

@@ -72,6 +72,19 @@ Status send(nl_sock* sock, Msg msg, const std::string& what) {
   return Status::Ok();
 }
 
+// NBD_ATTR_SOCKETS: one NBD_SOCK_ITEM with NBD_SOCK_FD per descriptor.
+bool put_sockets(nl_msg* m, const std::vector<int>& fds) {
+  nlattr* socks = nla_nest_start(m, NBD_ATTR_SOCKETS);
+  if (!socks) return false;
+  for (int fd : fds) {
+    nlattr* item = nla_nest_start(m, NBD_SOCK_ITEM);
+    if (!item || nla_put_u32(m, NBD_SOCK_FD, uint32_t(fd)) != 0) return false;
+    nla_nest_end(m, item);
+  }
+  nla_nest_end(m, socks);
+  return true;
+}
+
 std::string sys_block(int index, const char* file) {
   return "/sys/block/nbd" + std::to_string(index) + "/" + file;
 }
@@ -99,15 +112,7 @@ Status connect(const AttachParams& p) {
             (p.timeout_s == 0 || nla_put_u64(m, NBD_ATTR_TIMEOUT, p.timeout_s) == 0) &&
             nla_put_u64(m, NBD_ATTR_DEAD_CONN_TIMEOUT, p.dead_conn_timeout_s) == 0 &&
             (p.backend.empty() || nla_put_string(m, NBD_ATTR_BACKEND_IDENTIFIER, p.backend.c_str()) == 0);
-  nlattr* socks = ok ? nla_nest_start(m, NBD_ATTR_SOCKETS) : nullptr;
-  ok = socks != nullptr;
-  for (int fd : p.fds) {
-    nlattr* item = ok ? nla_nest_start(m, NBD_SOCK_ITEM) : nullptr;
-    ok = item && nla_put_u32(m, NBD_SOCK_FD, uint32_t(fd)) == 0;
-    if (ok) nla_nest_end(m, item);
-  }
-  if (ok) nla_nest_end(m, socks);
-  if (!ok) return Status::Error(ENOMEM, "netlink: message too large");
+  if (!ok || !put_sockets(m, p.fds)) return Status::Error(ENOMEM, "netlink: message too large");
   const std::string dev = "/dev/nbd" + std::to_string(p.index);
   Status s = send(sock.get(), std::move(*msg), "attach " + dev);
   if (s.code() == EBUSY) {
@@ -134,17 +139,7 @@ Status reconfigure(const AttachParams& p, const std::vector<int>& our_ends, std:
             (p.timeout_s == 0 || nla_put_u64(m, NBD_ATTR_TIMEOUT, p.timeout_s) == 0) &&
             (p.dead_conn_timeout_s == 0 || nla_put_u64(m, NBD_ATTR_DEAD_CONN_TIMEOUT, p.dead_conn_timeout_s) == 0) &&
             nla_put_string(m, NBD_ATTR_BACKEND_IDENTIFIER, p.backend.c_str()) == 0;
-  if (ok && !p.fds.empty()) {
-    nlattr* socks = nla_nest_start(m, NBD_ATTR_SOCKETS);
-    ok = socks != nullptr;
-    for (int fd : p.fds) {
-      nlattr* item = ok ? nla_nest_start(m, NBD_SOCK_ITEM) : nullptr;
-      ok = item && nla_put_u32(m, NBD_SOCK_FD, uint32_t(fd)) == 0;
-      if (ok) nla_nest_end(m, item);
-    }
-    if (ok) nla_nest_end(m, socks);
-  }
-  if (!ok) return Status::Error(ENOMEM, "netlink: message too large");
+  if (!ok || (!p.fds.empty() && !put_sockets(m, p.fds))) return Status::Error(ENOMEM, "netlink: message too large");
   const std::string dev = "/dev/nbd" + std::to_string(p.index);
   Status s = send(sock.get(), std::move(*msg), "reconnect " + dev);
   for (int fd : p.fds) ::close(fd);
