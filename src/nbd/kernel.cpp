@@ -129,6 +129,18 @@ Status connect(const AttachParams& p) {
 
 Status reconfigure(const AttachParams& p, const std::vector<int>& our_ends, std::vector<bool>& taken) {
   taken.assign(our_ends.size(), false);
+  // The kernel's ends are closed on every path: the hang-up check below
+  // needs it, and an early failure must not leak them.
+  struct CloseFds {
+    const std::vector<int>& fds;
+    bool done = false;
+    void now() {
+      if (done) return;
+      for (int fd : fds) ::close(fd);
+      done = true;
+    }
+    ~CloseFds() { now(); }
+  } close_fds{p.fds};
   auto fam = open_family();
   if (!fam.ok()) return fam.status();
   auto& [sock, family] = *fam;
@@ -142,7 +154,7 @@ Status reconfigure(const AttachParams& p, const std::vector<int>& our_ends, std:
   if (!ok || (!p.fds.empty() && !put_sockets(m, p.fds))) return Status::Error(ENOMEM, "netlink: message too large");
   const std::string dev = "/dev/nbd" + std::to_string(p.index);
   Status s = send(sock.get(), std::move(*msg), "reconnect " + dev);
-  for (int fd : p.fds) ::close(fd);
+  close_fds.now();
   for (size_t i = 0; i < our_ends.size(); ++i) {
     // Hung up on: the kernel did not keep its end. (POLLIN alone is the
     // kernel already sending requests that waited for a connection.)

@@ -47,7 +47,8 @@ Status connect(const AttachParams& p);
 // and silently ignores the rest (drivers/block/nbd.c turns ENOSPC into
 // success): `taken` says which of p.fds it took, found by closing them
 // (the caller must hold no other reference) and seeing which of
-// `our_ends` was hung up on. Timeouts of 0 are left unchanged.
+// `our_ends` was hung up on. p.fds are closed on every path, failures
+// included. Timeouts of 0 are left unchanged.
 Status reconfigure(const AttachParams& p, const std::vector<int>& our_ends, std::vector<bool>& taken);
 // NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC on each connection, shuts
 // its ends, and fails whatever is still queued.
