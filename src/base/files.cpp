@@ -1,6 +1,8 @@
 #include "hastnbd/base/files.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -25,6 +27,16 @@ Status make_directories(const std::string& dir, mode_t mode) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     return Status::Error(ENOTDIR, "cannot create directory " + dir + ": a file of that name is in the way");
+  return Status::Ok();
+}
+
+Status write_private_file(const std::string& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return Status::Error(errno, "cannot write " + path + ": " + std::strerror(errno));
+  const ssize_t n = ::write(fd, text.data(), text.size());
+  const int err = n < 0 ? errno : EIO;
+  ::close(fd);
+  if (n != ssize_t(text.size())) return Status::Error(err, "cannot write " + path + ": " + std::strerror(err));
   return Status::Ok();
 }
 

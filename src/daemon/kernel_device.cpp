@@ -12,6 +12,7 @@
 #include <fstream>
 #include <vector>
 
+#include "hastnbd/base/files.h"
 #include "hastnbd/base/logging.h"
 #include "hastnbd/nbd/kernel.h"
 
@@ -115,7 +116,7 @@ awaitable<KernelDevice::Handover> KernelDevice::hand_over(unsigned n) {
     return r;
   };
   Result r = co_await blocking(std::move(call));
-  Handover h{r.status, n, 0};
+  Handover h{r.status, 0};
   for (size_t i = 0; i < ours.size(); ++i) {
     if (r.status.ok() && r.taken[i]) {
       serve(ours[i], ++served_);
@@ -128,11 +129,8 @@ awaitable<KernelDevice::Handover> KernelDevice::hand_over(unsigned n) {
 }
 
 void KernelDevice::write_heartbeat_count() const {
-  const std::string text = std::to_string(retaken_) + "\n";
-  const int fd = ::open(heartbeat_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return;
-  (void)!::write(fd, text.data(), text.size());
-  ::close(fd);
+  // A failure only costs the next run its count and stall figure.
+  (void)write_private_file(heartbeat_path(), std::to_string(retaken_) + "\n");
 }
 
 awaitable<void> KernelDevice::heartbeat() {
@@ -241,7 +239,7 @@ awaitable<void> KernelDevice::attach(uint64_t size) {
                      last_stall_s_ < 0 ? std::string("an unknown time")
                                        : fmt::format("{:.1f} s unserved", last_stall_s_));
       }
-      if (h.taken < h.offered) connection_ended();
+      if (h.taken < config_.nbd.connections) connection_ended();
       if (!heartbeat_running_) asio::co_spawn(io_, heartbeat(), asio::detached);
       co_return;
     }

@@ -1,10 +1,7 @@
 #include "hastnbd/daemon/resource.h"
 
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -153,25 +150,11 @@ Status Resource::start() {
   if (device_->configured() && device_->left_attached()) {
     spdlog::warn("resource {}: {} is still attached by an earlier run of this daemon: resuming as primary",
                  config_.name, config_.nbd.device);
-    resuming_any_ = true;
-    changing_role_ = true;  // requests wait for the resume (change_role)
-    asio::co_spawn(io_, resume_primary(), asio::detached);
+    resume(resume_primary());
   } else if (before == Role::kSecondary && secondary_) {
     spdlog::warn("resource {}: this node was secondary when its daemon last stopped ({}): resuming as secondary",
                  config_.name, role_path());
-    // Requests wait for the resume (change_role). Set before co_spawn, which
-    // may run the coroutine at once when called on the loop.
-    resuming_any_ = true;
-    changing_role_ = true;
-    asio::co_spawn(
-        io_,
-        [this]() -> awaitable<void> {
-          changing_role_ = false;  // held since start()
-          Status s = co_await change_role(Role::kSecondary, /*force=*/false);
-          resuming_any_ = false;
-          if (!s.ok()) spdlog::error("resource {}: could not resume as secondary: {}", config_.name, s.message());
-        },
-        asio::detached);
+    resume(resume_secondary());
   } else if (before == Role::kPrimary) {
     spdlog::warn("resource {}: this node was primary when its daemon last stopped, but no kernel device of this "
                  "resource is attached (none configured, or it was released): staying in role init",
@@ -180,6 +163,23 @@ Status Resource::start() {
     record_role();
   }
   return Status::Ok();
+}
+
+void Resource::resume(awaitable<void> how) {
+  // Role requests wait on resumed_ (change_role). Made before co_spawn, which
+  // may run the coroutine at once when called on the loop.
+  resumed_ = std::make_unique<Latch>(io_.get_executor());
+  asio::co_spawn(io_, resumed_after(std::move(how)), asio::detached);
+}
+
+awaitable<void> Resource::resumed_after(awaitable<void> how) {
+  co_await std::move(how);
+  resumed_->set();
+}
+
+awaitable<void> Resource::resume_secondary() {
+  if (Status s = co_await apply_role(Role::kSecondary, /*force=*/false); !s.ok())
+    spdlog::error("resource {}: could not resume as secondary: {}", config_.name, s.message());
 }
 
 std::string Resource::role_path() const { return config_.run_dir + "/" + config_.name + ".role"; }
@@ -196,11 +196,8 @@ void Resource::record_role() const {
   // RuntimeDirectoryPreserve=, gone at a reboot): a role outlives a
   // restart of the daemon, never a reboot (docs/design.md, "Roles across a
   // restart").
-  const std::string text = std::string(to_string(role_)) + "\n";
-  const int fd = ::open(role_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0 || ::write(fd, text.data(), text.size()) != ssize_t(text.size()))
-    spdlog::warn("resource {}: cannot record the role in {}: {}", config_.name, role_path(), std::strerror(errno));
-  if (fd >= 0) ::close(fd);
+  if (Status s = write_private_file(role_path(), std::string(to_string(role_)) + "\n"); !s.ok())
+    spdlog::warn("resource {}: cannot record the role: {}", config_.name, s.message());
 }
 
 awaitable<void> Resource::resume_primary() {
@@ -209,14 +206,9 @@ awaitable<void> Resource::resume_primary() {
                   "passed",
                   config_.name, why, config_.nbd.device, config_.nbd.reconnect_timeout);
   };
-  resuming_ = true;  // change_role leaves the device to us
-  changing_role_ = false;  // held since start()
-  Status s = co_await change_role(Role::kPrimary, /*force=*/false);
-  resuming_ = false;
-  if (!s.ok()) {
-    resuming_any_ = false;
+  // The device is re-taken below, once the peer has answered.
+  if (Status s = co_await apply_role(Role::kPrimary, /*force=*/false, /*attach_device=*/false); !s.ok())
     co_return fail(s.message());
-  }
   // Another node promoted while this daemon was down (a failover) owns the
   // data now: this file system must not go on writing. Wait for the first
   // answer from the peer, for a few seconds at most: an unreachable peer
@@ -229,13 +221,11 @@ awaitable<void> Resource::resume_primary() {
       co_await timer.async_wait(use_nothrow);
     }
     if (replicator_->peer_was_primary()) {
-      co_await change_role(Role::kInit, /*force=*/true);
-      resuming_any_ = false;
+      co_await apply_role(Role::kInit, /*force=*/true);
       co_return fail("peer '" + config_.peer_node + "' is primary now (it was promoted while this daemon was down)");
     }
   }
   if (role_ == Role::kPrimary) co_await device_->attach(store_->header().data_size);
-  resuming_any_ = false;
 }
 
 awaitable<Status> Resource::discard_my_data() {
@@ -291,14 +281,15 @@ json Resource::reload() {
 }
 
 awaitable<Status> Resource::change_role(Role to, bool force) {
-  if (shutting_down_) co_return Status::Error(ESHUTDOWN, "hastnbd is shutting down");
   // A request that arrives while the daemon resumes its role after a
   // restart (start()) waits for that, then applies to the resumed role: a
   // cluster manager's `role secondary` right after the start is no error.
-  for (asio::steady_timer t(io_); changing_role_ && resuming_any_;) {
-    t.expires_after(std::chrono::milliseconds(20));
-    co_await t.async_wait(use_nothrow);
-  }
+  if (resumed_) co_await resumed_->wait();
+  co_return co_await apply_role(to, force);
+}
+
+awaitable<Status> Resource::apply_role(Role to, bool force, bool attach_device) {
+  if (shutting_down_) co_return Status::Error(ESHUTDOWN, "hastnbd is shutting down");
   if (changing_role_) co_return Status::Error(EBUSY, "a role change is already in progress");
   const bool target = meta::is_sync_target(store_->header());
   RoleContext ctx{nbd_->clients() - nbd_->kernel_clients(), /*secondary_available=*/secondary_ != nullptr, force,
@@ -343,7 +334,7 @@ awaitable<Status> Resource::change_role(Role to, bool force) {
   record_role();
   spdlog::info("resource {}: role {} -> {}", config_.name, to_string(from), to_string(to));
   sd::status(std::string("role ") + to_string(to));
-  if (to == Role::kPrimary && device_->configured() && !resuming_)
+  if (to == Role::kPrimary && device_->configured() && attach_device)
     co_await device_->attach(store_->header().data_size);
   hooks_->run("role", {to_string(from), to_string(to)});
   co_return Status::Ok();

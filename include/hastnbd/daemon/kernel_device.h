@@ -55,7 +55,7 @@ class KernelDevice {
  private:
   struct Handover {
     Status status;
-    unsigned offered = 0, taken = 0;
+    unsigned taken = 0;  // of the sockets offered
   };
   template <class F>
   awaitable<std::invoke_result_t<F>> blocking(F f);

@@ -91,6 +91,13 @@ class Resource {
   // (docs/design.md, "Roles across a restart"): primary again, the device
   // re-taken, unless the peer has become primary meanwhile.
   awaitable<void> resume_primary();
+  awaitable<void> resume_secondary();
+  // Runs `how` (a resume at start), holding role requests until it is done.
+  void resume(awaitable<void> how);
+  awaitable<void> resumed_after(awaitable<void> how);
+  // change_role without waiting for a resume; `attach_device` false leaves
+  // the kernel device to the caller (resume_primary).
+  awaitable<Status> apply_role(Role to, bool force, bool attach_device = true);
   // RUN_DIR/RESOURCE.role: the role, rewritten at every change.
   std::string role_path() const;
   std::optional<Role> recorded_role() const;
@@ -125,8 +132,7 @@ class Resource {
   std::chrono::system_clock::time_point role_since_;
   std::chrono::system_clock::time_point started_;
   bool changing_role_ = false;
-  bool resuming_ = false;  // resume_primary() attaches the device itself
-  bool resuming_any_ = false;  // a role is being resumed after a restart
+  std::unique_ptr<Latch> resumed_;  // set once the role resumed at start (resume()) is in place
   bool shutting_down_ = false;
 };
 
