@@ -253,18 +253,20 @@ awaitable<std::tuple<error_code, size_t>> TlsSession::read(asio::mutable_buffer 
 
 awaitable<error_code> TlsSession::write(const std::vector<asio::const_buffer>& bufs) {
   stage_.clear();
+  // The small pieces gathered so far, as one record.
+  const auto encrypt_stage = [this] {
+    error_code ec = stage_.empty() ? error_code() : encrypt(stage_.data(), stage_.size());
+    stage_.clear();
+    return ec;
+  };
   for (const asio::const_buffer& b : bufs) {
     const auto* p = static_cast<const uint8_t*>(b.data());
     if (b.size() < kSmall) {
       stage_.insert(stage_.end(), p, p + b.size());
       if (stage_.size() < kSmall) continue;
-      if (error_code ec = encrypt(stage_.data(), stage_.size())) co_return ec;
-      stage_.clear();
+      if (error_code ec = encrypt_stage()) co_return ec;
     } else {
-      if (!stage_.empty()) {
-        if (error_code ec = encrypt(stage_.data(), stage_.size())) co_return ec;
-        stage_.clear();
-      }
+      if (error_code ec = encrypt_stage()) co_return ec;
       for (size_t off = 0; off < b.size(); off += kFlushBytes) {
         if (error_code ec = encrypt(p + off, std::min(kFlushBytes, b.size() - off))) co_return ec;
         if (out_.size() >= kFlushBytes)
@@ -274,10 +276,7 @@ awaitable<error_code> TlsSession::write(const std::vector<asio::const_buffer>& b
     if (out_.size() >= kFlushBytes)
       if (error_code ec = co_await flush()) co_return ec;
   }
-  if (!stage_.empty()) {
-    if (error_code ec = encrypt(stage_.data(), stage_.size())) co_return ec;
-    stage_.clear();
-  }
+  if (error_code ec = encrypt_stage()) co_return ec;
   co_return co_await flush();
 }
 
