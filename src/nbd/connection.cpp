@@ -9,30 +9,7 @@ namespace hastnbd {
 using namespace nbd_limits;
 
 awaitable<bool> NbdServer::Connection::read_exact(uint8_t* dst, size_t n) {
-  if (n == 0) co_return true;  // dst may be null (an empty option payload)
-  size_t take = std::min(n, rtail_ - rhead_);
-  std::memcpy(dst, rbuf_.data() + rhead_, take);
-  rhead_ += take;
-  dst += take;
-  n -= take;
-  if (n == 0) co_return true;
-  rhead_ = rtail_ = 0;
-  if (n >= kDirectReadThreshold) {
-    auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(dst, n), large_transfers, use_nothrow);
-    co_return !ec;
-  }
-  while (n > 0) {
-    auto [ec, got] = co_await socket_.async_read_some(asio::buffer(rbuf_.data() + rtail_, rbuf_.size() - rtail_),
-                                                       use_nothrow);
-    if (ec) co_return false;
-    rtail_ += got;
-    take = std::min(n, rtail_ - rhead_);
-    std::memcpy(dst, rbuf_.data() + rhead_, take);
-    rhead_ += take;
-    dst += take;
-    n -= take;
-  }
-  co_return true;
+  co_return !co_await rbuf_.read_exact(socket_, dst, n);
 }
 
 awaitable<bool> NbdServer::Connection::drain(uint64_t n) {
@@ -77,10 +54,7 @@ awaitable<void> NbdServer::Connection::transmission() {
   const uint64_t size = server_.backend_.size();
   while (!stop_) {
     std::array<uint8_t, nbd::kRequestSize> hdr;
-    if (rtail_ - rhead_ >= hdr.size()) {  // fast path: already buffered
-      std::memcpy(hdr.data(), rbuf_.data() + rhead_, hdr.size());
-      rhead_ += hdr.size();
-    } else if (!co_await read_exact(hdr.data(), hdr.size())) {
+    if (!rbuf_.take(hdr.data(), hdr.size()) && !co_await read_exact(hdr.data(), hdr.size())) {  // take: buffered
       if (stop_) end_reason_ = "server shutting down";
       break;
     }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "hastnbd/base/read_buffer.h"
 #include "hastnbd/nbd/protocol.h"
 #include "hastnbd/nbd/server.h"
 
@@ -38,7 +39,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
         peer_(std::move(peer)),
         id_(id),
         kernel_(kernel),
-        rbuf_(nbd_limits::kReadBufferSize),
+        rbuf_(nbd_limits::kReadBufferSize, nbd_limits::kDirectReadThreshold),
         changed_(socket_.get_executor()),
         handshake_timer_(socket_.get_executor()) {}
 
@@ -78,8 +79,7 @@ class NbdServer::Connection : public std::enable_shared_from_this<Connection> {
   std::string peer_;
   uint64_t id_;
   bool kernel_;  // the kernel's end of a socketpair: negotiated already, no handshake
-  std::vector<uint8_t> rbuf_;
-  size_t rhead_ = 0, rtail_ = 0;
+  ReadBuffer rbuf_;
   std::deque<PendingReply> replies_;
   AsyncCondition changed_;  // replies queued, requests finished, writer done
   asio::steady_timer handshake_timer_;

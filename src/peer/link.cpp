@@ -52,8 +52,9 @@ std::vector<uint8_t> PeerConnection::channel_binding() const {
 PeerConnection::Socket& PeerConnection::lowest() { return tls_ ? tls_->socket() : *socket_; }
 
 awaitable<std::tuple<error_code, size_t>> PeerConnection::read_exactly(asio::mutable_buffer b) {
-  if (tls_) co_return co_await tls_->read(b);
-  co_return co_await asio::async_read(*socket_, b, large_transfers, use_nothrow);
+  if (tls_) co_return co_await tls_->read(b);  // TlsSession buffers the ciphertext itself
+  error_code ec = co_await rbuf_.read_exact(*socket_, static_cast<uint8_t*>(b.data()), b.size());
+  co_return std::tuple(ec, ec ? 0 : b.size());
 }
 
 awaitable<error_code> PeerConnection::write_all(const std::vector<asio::const_buffer>& bufs) {
@@ -96,7 +97,8 @@ awaitable<void> PeerConnection::wait_closed() {
 
 awaitable<Result<Frame>> PeerConnection::read_frame() {
   std::array<uint8_t, peer::kHeaderSize> hdr;
-  auto [ec, n] = co_await read_exactly(asio::buffer(hdr));
+  error_code ec;
+  if (tls_ || !rbuf_.take(hdr.data(), hdr.size())) std::tie(ec, std::ignore) = co_await read_exactly(asio::buffer(hdr));
   if (ec) {
     close(ec == asio::error::eof ? "peer closed the connection" : "read: " + read_error(ec));
     co_return Status::Error(ECONNRESET, close_reason_);

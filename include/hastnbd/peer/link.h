@@ -16,6 +16,7 @@
 
 #include "hastnbd/base/asio.h"
 #include "hastnbd/base/buffer.h"
+#include "hastnbd/base/read_buffer.h"
 #include "hastnbd/peer/protocol.h"
 #include "hastnbd/base/status.h"
 
@@ -100,6 +101,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       return buffer ? std::span<const uint8_t>(buffer.span()) : std::span<const uint8_t>(payload);
     }
   };
+  static constexpr size_t kReadBufferSize = 256 * 1024;
   void enqueue(const peer::Header& header, Outgoing o, uint64_t data_bytes);
   awaitable<void> writer();
   awaitable<void> keepalive();
@@ -111,6 +113,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<error_code> write_all(const std::vector<asio::const_buffer>& bufs);
 
   std::optional<Socket> socket_;  // plain, or
+  ReadBuffer rbuf_{kReadBufferSize};  // plain only: one recv brings many records
   std::shared_ptr<TlsSession> tls_;  // TLS over the socket it owns
   uint32_t max_payload_ = peer::kMaxAuthPayload;  // until authenticated
   BufferPool& pool_;
