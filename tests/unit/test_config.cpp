@@ -158,7 +158,7 @@ TEST_CASE("config: built-in defaults and default paths", "[config]") {
   CHECK(c.state_dir == "/var/lib/hastnbd");
   CHECK(c.exec.empty());
   CHECK(c.extent_size == 2u << 20);
-  CHECK(c.keepdirty == 64);
+  CHECK(c.keepdirty == 1024);
   CHECK(c.metaflush);
   CHECK(c.sync_rate == 0);
   CHECK(c.max_inflight == 64u << 20);
@@ -1000,7 +1000,7 @@ TEST_CASE("config: what a reload changes and what it refuses", "[config]") {
     ReloadDiff d = apply_reload(running, parse_ok(next));
     CHECK(d.applied.empty());  // the timeout line went, and its default is the same 20
     CHECK(d.refused == std::vector<std::string>{"replication: fullsync -> async", "local: /dev/vdb -> /dev/vdx",
-                                                "extent_size: 2097152 -> 1048576", "keepdirty: 64 -> 8",
+                                                "extent_size: 2097152 -> 1048576", "keepdirty: 1024 -> 8",
                                                 "listen: 127.0.0.1:7001 -> 127.0.0.1:7009"});
     CHECK(running.replication == Replication::kFullsync);
     CHECK(running.local == "/dev/vdb");

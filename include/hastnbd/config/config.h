@@ -101,7 +101,7 @@ struct ResourceConfig {
   std::string state_dir = "/var/lib/hastnbd";
   std::string exec;                   // hook program; empty = none
   uint64_t extent_size = 2 << 20;     // power of two, 64KiB..1GiB
-  unsigned keepdirty = 64;            // 0..1000000
+  unsigned keepdirty = 1024;          // 0..1000000 (docs/config.md: the resync cost)
   bool metaflush = true;
   uint64_t sync_rate = 0;             // bytes/s, 0 = unlimited
   uint64_t max_inflight = 64 << 20;   // unacked bytes to the peer (every mode, sync too); >= 1MiB
