@@ -19,6 +19,12 @@ constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 // (each for at most kHandshakeTimeout, with a 512-byte read limit); the
 // rest are closed at accept. The real primary retries within seconds.
 constexpr unsigned kMaxHandshakes = 4;
+// Records applied at once. Past this the link is not read until some
+// finished: the primary's own limit (max_inflight) then holds the rest, and
+// a primary in async mode cannot make this node hold thousands of records,
+// each a coroutine, a disk write in flight and a place in the FIFO.
+constexpr uint64_t kMaxApplying = 256;
+constexpr uint64_t kMaxApplyingBytes = 64ull << 20;
 
 }  // namespace
 
@@ -236,6 +242,9 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
 
   const uint64_t size = disk_.size();
   for (;;) {
+    while (conn->is_open() && applying_ > 0 &&
+           (applying_ >= kMaxApplying || applying_bytes_ >= kMaxApplyingBytes))
+      co_await changed_.wait();
     auto f = co_await conn->read_frame();
     if (!f.ok()) break;
     const peer::Header& h = f->header;
@@ -251,10 +260,12 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
           conn->send_error(h.seq, Status::Error(EINVAL, "record beyond the end of the device"));
           continue;
         }
-        if (h.flags & peer::kFlagWantReceived) reply(*conn, peer::kReceived, h.seq);
+        // Cumulative (docs/protocol.md): one for all the records read in one go.
+        if (h.flags & peer::kFlagWantReceived) conn->send_coalesced(peer::kReceived, h.seq);
         // The place in the FIFO is taken now, in arrival order.
         auto ticket = whole ? order_.reserve(0, size, true) : order_.reserve(h.offset, h.offset + h.length, true);
         ++applying_;
+        applying_bytes_ += h.payload_length;
         asio::co_spawn(io_, apply(conn, std::move(*f), ticket), asio::detached);
         continue;
       }
@@ -264,6 +275,7 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
           continue;
         }
         ++applying_;
+        applying_bytes_ += h.length;
         asio::co_spawn(io_, read_for_peer(conn, h, order_.reserve(h.offset, h.offset + h.length, false)),
                        asio::detached);
         continue;
@@ -348,6 +360,7 @@ awaitable<void> Secondary::apply(std::shared_ptr<PeerConnection> conn, Frame f, 
   }
   guard.release();
   --applying_;
+  applying_bytes_ -= h.payload_length;
   changed_.notify_all();
 }
 
@@ -380,6 +393,7 @@ awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, p
     }
   }
   --applying_;
+  applying_bytes_ -= h.length;
   changed_.notify_all();
 }
 

@@ -5,11 +5,15 @@
 // holder excludes every overlapping holder (read-modify-write of a partial
 // block, and later the copy of an extent by the syncer). Grants are FIFO among
 // conflicting requests, so a steady stream of shared writes cannot starve an
-// exclusive one. Releasing is RAII through Guard.
+// exclusive one. Releasing is RAII through Guard. A release wakes only the
+// waiters it may unblock (later entries overlapping the released range), so
+// many requests in flight over distinct ranges cost O(n) per release, not a
+// wake-up and a rescan for every waiter.
 #pragma once
 
 #include <cstdint>
 #include <list>
+#include <memory>
 
 #include "hastnbd/base/asio.h"
 
@@ -21,6 +25,9 @@ class RangeLock {
     uint64_t start, end;  // [start, end)
     bool exclusive;
     bool granted;
+    // Set while acquire() waits. (By pointer: any_completion_handler's
+    // unconstrained constructor would make a copy of Entry wrap itself.)
+    std::unique_ptr<asio::any_completion_handler<void()>> waiter;
   };
 
   class Guard {
@@ -51,7 +58,7 @@ class RangeLock {
     std::list<Entry>::iterator it_;
   };
 
-  explicit RangeLock(const asio::any_io_executor& ex) : changed_(ex) {}
+  explicit RangeLock(const asio::any_io_executor& ex) : ex_(ex) {}
 
   awaitable<Guard> lock(uint64_t start, uint64_t end, bool exclusive);
   // Two steps, for callers that must fix their place in the FIFO now (in
@@ -67,8 +74,7 @@ class RangeLock {
   void release(std::list<Entry>::iterator it);
 
   std::list<Entry> entries_;  // arrival order
-  size_t waiting_ = 0;
-  AsyncCondition changed_;
+  asio::any_io_executor ex_;
 };
 
 }  // namespace hastnbd

@@ -86,7 +86,8 @@ class Secondary {
   bool as_primary_ = false;
   std::shared_ptr<PeerConnection> conn_;
   RangeLock order_;
-  uint64_t applying_ = 0;
+  uint64_t applying_ = 0;        // records being applied or read for the primary
+  uint64_t applying_bytes_ = 0;  // their data
   AsyncCondition changed_;
   std::chrono::system_clock::time_point since_;
   std::string last_error_;
