@@ -160,6 +160,19 @@ void PeerConnection::enqueue(const peer::Header& header, Outgoing o, uint64_t da
   changed_.notify_all();
 }
 
+void PeerConnection::send_coalesced(uint8_t type, uint64_t seq) {
+  const bool posted = coalesced_seq_ != 0;
+  coalesced_seq_ = std::max(coalesced_seq_, seq);
+  if (posted) return;
+  asio::post(lowest().get_executor(), [self = shared_from_this(), type] {
+    peer::Header h;
+    h.type = type;
+    h.seq = self->coalesced_seq_;
+    self->coalesced_seq_ = 0;
+    self->send(h);
+  });
+}
+
 void PeerConnection::send_error(uint64_t seq, const Status& status) {
   peer::Header h;
   h.type = peer::kError;

@@ -217,8 +217,13 @@ awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
     switch (h.type) {
       case peer::kKeepalive:
         break;
-      case peer::kReceived:
-        if (auto it = pending_.find(h.seq); it != pending_.end()) it->second->received.set();
+      case peer::kReceived:  // cumulative: every record up to h.seq (docs/protocol.md)
+        if (h.seq >= next_seq_) {
+          conn->close("the secondary acknowledged record " + std::to_string(h.seq) + ", which was never sent");
+          co_return;
+        }
+        for (; received_upto_ < h.seq; ++received_upto_)
+          if (auto it = pending_.find(received_upto_ + 1); it != pending_.end()) it->second->received.set();
         break;
       case peer::kWritten: {
         auto it = pending_.find(h.seq);
@@ -317,6 +322,7 @@ awaitable<void> Replicator::run(uint64_t run_id) {
     } else {
       conn_ = conn;
       next_seq_ = 1;
+      received_upto_ = 0;
       ++connects_;
       last_logged.clear();
       set_state(PeerState::kConnected);

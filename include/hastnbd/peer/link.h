@@ -63,6 +63,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   void send(const peer::Header& header, std::vector<uint8_t> payload = {}, uint64_t data_bytes = 0);
   // The same with a pool buffer as the payload, sent without a copy.
   void send(const peer::Header& header, Buffer payload, uint64_t data_bytes = 0);
+  // Queue a record of `type` (no payload) for the highest `seq` given in this
+  // loop turn: one, once the calls in progress are done (a cumulative
+  // acknowledgement for every record read from one receive). One type at a time.
+  void send_coalesced(uint8_t type, uint64_t seq);
   // Queue a kError record about record `seq` (0: about the connection).
   void send_error(uint64_t seq, const Status& status);
   // Waits until the send queue is empty (or the link is closed).
@@ -128,6 +132,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   std::chrono::steady_clock::time_point last_sent_;
   bool open_ = true;
   bool writing_ = false;
+  uint64_t coalesced_seq_ = 0;  // send_coalesced: posted, not yet queued
   std::string close_reason_;
   PeerStats stats_;
 };

@@ -120,6 +120,7 @@ class Replicator {
   // reachable (keepalives) but stops acknowledging must not stall writers.
   std::deque<std::pair<uint64_t, std::chrono::steady_clock::time_point>> ack_order_;
   uint64_t next_seq_ = 1;
+  uint64_t received_upto_ = 0;  // every record up to here has a RECEIVED
   uint32_t lz4_skip_ = 0;     // records left to send without trying lz4
   uint32_t lz4_backoff_ = 0;  // current skip length after a miss
   uint64_t inflight_bytes_ = 0;
