@@ -151,9 +151,17 @@ void PeerConnection::send(const peer::Header& header, Buffer payload, uint64_t d
   enqueue(header, std::move(o), data_bytes);
 }
 
+void PeerConnection::send_borrowed(const peer::Header& header, std::span<const uint8_t> payload,
+                                   uint64_t data_bytes) {
+  Outgoing o;
+  o.borrowed = payload;
+  enqueue(header, std::move(o), data_bytes);
+}
+
 void PeerConnection::enqueue(const peer::Header& header, Outgoing o, uint64_t data_bytes) {
   if (!open_) return;
   o.header = peer::encode_header(header);
+  o.seq = header.seq;
   queued_bytes_ += peer::kHeaderSize + o.bytes().size();
   stats_.data_bytes_sent += data_bytes;
   queue_.push_back(std::move(o));
@@ -180,6 +188,10 @@ void PeerConnection::send_error(uint64_t seq, const Status& status) {
   auto payload = peer::encode_error(status.code(), status.message());
   h.payload_length = uint32_t(payload.size());
   send(h, std::move(payload));
+}
+
+awaitable<void> PeerConnection::wait_sent(uint64_t seq) {
+  while (open_ && sent_upto_ < seq) co_await changed_.wait();
 }
 
 awaitable<void> PeerConnection::drain_sends() {
@@ -210,6 +222,7 @@ awaitable<void> PeerConnection::writer() {
       close(open_ ? "write: " + ec.message() : close_reason_);
       break;
     }
+    for (size_t i = 0; i < n; ++i) sent_upto_ = std::max(sent_upto_, queue_[i].seq);
     queue_.erase(queue_.begin(), queue_.begin() + long(n));
     queued_bytes_ -= bytes;
     stats_.records_sent += n;

@@ -112,20 +112,21 @@ void Replicator::settle(uint64_t seq, bool ok, const std::string& error) {
 }
 
 awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t flags, uint64_t offset,
-                                                     uint32_t length, std::span<const uint8_t> data) {
-  return submit_impl(type, flags, offset, length, data, nullptr);
+                                                     uint32_t length, std::span<const uint8_t> data, bool borrow) {
+  return submit_impl(type, flags, offset, length, data, nullptr, borrow);
 }
 
 awaitable<std::shared_ptr<Record>> Replicator::submit_buffer(uint16_t flags, uint64_t offset, Buffer data) {
   // The frame keeps `data` alive: the span below outlives this call.
   std::span<const uint8_t> span = data.span();
-  auto rec = co_await submit_impl(peer::kWrite, flags, offset, uint32_t(span.size()), span, &data);
+  auto rec = co_await submit_impl(peer::kWrite, flags, offset, uint32_t(span.size()), span, &data, false);
   co_return rec;
 }
 
 awaitable<std::shared_ptr<Record>> Replicator::submit_impl(uint8_t type, uint16_t flags, uint64_t offset,
                                                           uint32_t length, std::span<const uint8_t> data,
-                                                          Buffer* owned) {
+                                                          Buffer* owned, bool borrow) {
+  borrow = borrow && type == peer::kWrite;
   const uint64_t cost = peer::kHeaderSize + data.size();
   while (connected() && inflight_bytes_ > 0 && inflight_bytes_ + cost > config_.max_inflight)
     co_await changed_.wait();
@@ -154,7 +155,7 @@ awaitable<std::shared_ptr<Record>> Replicator::submit_impl(uint8_t type, uint16_
       c = Compression::kHole;
       --lz4_skip_;
     }
-    auto enc = peer::encode_payload(data, c, config_.checksum, /*copy_raw=*/owned == nullptr);
+    auto enc = peer::encode_payload(data, c, config_.checksum, /*copy_raw=*/owned == nullptr && !borrow);
     if (try_lz4) {
       bool hit = enc.flags & (peer::kFlagLz4 | peer::kFlagHole);
       lz4_backoff_ = hit ? 0 : std::min<uint32_t>(lz4_backoff_ ? lz4_backoff_ * 2 : 1, kMaxLz4Backoff);
@@ -165,6 +166,7 @@ awaitable<std::shared_ptr<Record>> Replicator::submit_impl(uint8_t type, uint16_
     h.payload_checksum = enc.checksum;
     payload = std::move(enc.payload);
     if (!enc.raw) owned = nullptr;  // the payload is the encoded copy
+    borrow = borrow && enc.raw && h.payload_length > 0;
   } else if (!data.empty()) {
     payload.assign(data.begin(), data.end());
     h.payload_length = uint32_t(payload.size());
@@ -181,8 +183,18 @@ awaitable<std::shared_ptr<Record>> Replicator::submit_impl(uint8_t type, uint16_
   if (resync && type == peer::kWrite) resync_bytes_sent_ += data.size();
   const uint64_t counted = type == peer::kWrite && !resync ? data.size() : 0;
   if (owned) conn_->send(h, std::move(*owned), counted);
+  else if (borrow) {
+    conn_->send_borrowed(h, data, counted);
+    rec->borrower = conn_;
+  }
   else conn_->send(h, std::move(payload), counted);
   co_return rec;
+}
+
+awaitable<void> Replicator::release(Record& rec) {
+  if (!rec.borrower) co_return;
+  co_await rec.borrower->wait_sent(rec.seq);
+  rec.borrower.reset();
 }
 
 awaitable<std::shared_ptr<Record>> Replicator::remote_read(uint64_t offset, uint32_t length, uint16_t flags) {

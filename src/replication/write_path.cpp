@@ -107,7 +107,10 @@ awaitable<Status> WritePath::modify(uint8_t record_type, uint16_t record_flags, 
       ++unlocked_writers_;
     if (s.ok() && replicator_) {
       uint16_t flags = record_flags | (fua && config_.replication != Replication::kAsync ? peer::kFlagFua : 0);
-      rec = co_await replicator_->submit(record_type, flags, offset, uint32_t(length), data);
+      // Fullsync and memsync wait below for an acknowledgement anyway: the
+      // data is sent from the client's buffer, not a copy (released below).
+      rec = co_await replicator_->submit(record_type, flags, offset, uint32_t(length), data,
+                                         /*borrow=*/config_.replication != Replication::kAsync);
     }
     if (s.ok() && !rec && target) s = Status::Error(EIO, "the link to the secondary went down");
     if (s.ok() && !rec && !generation_bumped_) s = co_await generation_started();
@@ -126,6 +129,7 @@ awaitable<Status> WritePath::modify(uint8_t record_type, uint16_t record_flags, 
       case Replication::kAsync:
         break;
     }
+    co_await Replicator::release(*rec);  // `data` is the client's: it goes when we return
     if (rec->settled.is_set() && !rec->ok && target) {
       if (s.ok()) s = Status::Error(EIO, "the secondary did not confirm a write to an inconsistent node: " + rec->error);
     } else if (rec->settled.is_set() && !rec->ok && !generation_bumped_) {

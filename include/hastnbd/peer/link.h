@@ -63,6 +63,9 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   void send(const peer::Header& header, std::vector<uint8_t> payload = {}, uint64_t data_bytes = 0);
   // The same with a pool buffer as the payload, sent without a copy.
   void send(const peer::Header& header, Buffer payload, uint64_t data_bytes = 0);
+  // The same with memory the caller keeps valid until wait_sent(header.seq)
+  // returned.
+  void send_borrowed(const peer::Header& header, std::span<const uint8_t> payload, uint64_t data_bytes = 0);
   // Queue a record of `type` (no payload) for the highest `seq` given in this
   // loop turn: one, once the calls in progress are done (a cumulative
   // acknowledgement for every record read from one receive). One type at a time.
@@ -93,16 +96,25 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   const PeerStats& stats() const { return stats_; }
   PeerStats& stats() { return stats_; }
   uint64_t queued_bytes() const { return queued_bytes_; }
+  // Returns once the record `seq` was written to the socket in full, or the
+  // link is closed: either way the connection no longer reads its payload.
+  // (An acknowledgement may arrive before the writer saw its write complete,
+  // and a peer could acknowledge what it never got: neither frees borrowed
+  // memory early.) Records with a seq are sent in increasing order.
+  awaitable<void> wait_sent(uint64_t seq);
   // Wakes when the link closes.
   awaitable<void> wait_closed();
 
  private:
   struct Outgoing {
     std::array<uint8_t, peer::kHeaderSize> header{};
+    uint64_t seq = 0;
     std::vector<uint8_t> payload;
-    Buffer buffer;  // the payload instead, when it came as a Buffer
+    Buffer buffer;                      // the payload instead, when it came as a Buffer
+    std::span<const uint8_t> borrowed;  // or when it is the caller's (send_borrowed)
     std::span<const uint8_t> bytes() const {
-      return buffer ? std::span<const uint8_t>(buffer.span()) : std::span<const uint8_t>(payload);
+      if (buffer) return buffer.span();
+      return payload.empty() ? borrowed : std::span<const uint8_t>(payload);
     }
   };
   static constexpr size_t kReadBufferSize = 256 * 1024;
@@ -132,6 +144,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   std::chrono::steady_clock::time_point last_sent_;
   bool open_ = true;
   bool writing_ = false;
+  uint64_t sent_upto_ = 0;
   uint64_t coalesced_seq_ = 0;  // send_coalesced: posted, not yet queued
   std::string close_reason_;
   PeerStats stats_;

@@ -42,6 +42,9 @@ struct Record {
   bool ok = false;        // settled by kWritten (or kReadReply)
   std::string error;      // why it failed
   Buffer data;            // kRead: the data read from the secondary
+  // The connection sending the submitter's own memory as the payload
+  // (submit with `borrow`); Replicator::release waits until it is out.
+  std::shared_ptr<PeerConnection> borrower;
 };
 
 class Replicator {
@@ -66,8 +69,15 @@ class Replicator {
   // max_inflight bytes are already unacknowledged, so memory stays bounded.
   // `data` is a WRITE's data (encoded per the config), or another record's
   // payload (sent as is, checksummed per the config).
+  // With `borrow`, a WRITE's data that goes raw is sent from `data` itself,
+  // not a copy: the caller keeps it valid until release() returned.
   awaitable<std::shared_ptr<Record>> submit(uint8_t type, uint16_t flags, uint64_t offset, uint32_t length,
-                                            std::span<const uint8_t> data = {});
+                                            std::span<const uint8_t> data = {}, bool borrow = false);
+  // Returns once the connection no longer reads the payload of a record
+  // submitted with `borrow` (sent in full, or the link closed); at once for
+  // any other. Usually at once anyway: fullsync and memsync callers wait for
+  // an acknowledgement first, which comes after the record was sent.
+  static awaitable<void> release(Record& rec);
   // A WRITE whose data the caller hands over: sent without a copy when it
   // goes raw (the synchronisation's path).
   awaitable<std::shared_ptr<Record>> submit_buffer(uint16_t flags, uint64_t offset, Buffer data);
@@ -95,7 +105,7 @@ class Replicator {
  private:
   awaitable<void> run(uint64_t run_id);
   awaitable<std::shared_ptr<Record>> submit_impl(uint8_t type, uint16_t flags, uint64_t offset, uint32_t length,
-                                                 std::span<const uint8_t> data, Buffer* owned);
+                                                 std::span<const uint8_t> data, Buffer* owned, bool borrow);
   awaitable<Status> handshake(std::shared_ptr<PeerConnection> conn);
   awaitable<void> read_acks(std::shared_ptr<PeerConnection> conn);
   awaitable<void> ack_watchdog(std::shared_ptr<PeerConnection> conn);
