@@ -76,7 +76,7 @@ void Replicator::fail_pending(const std::string& why) {
     rec->ok = false;
     rec->error = why;
     rec->received.set();
-    rec->settled.set();
+    finish(*rec);
   }
   inflight_bytes_ = 0;
   ack_order_.clear();
@@ -107,8 +107,13 @@ void Replicator::settle(uint64_t seq, bool ok, const std::string& error) {
   rec->ok = ok;
   rec->error = error;
   rec->received.set();
-  rec->settled.set();
+  finish(*rec);
   changed_.notify_all();
+}
+
+void Replicator::finish(Record& rec) {
+  if (rec.on_settled) std::exchange(rec.on_settled, nullptr)(rec);
+  rec.settled.set();
 }
 
 awaitable<std::shared_ptr<Record>> Replicator::submit(uint8_t type, uint16_t flags, uint64_t offset,

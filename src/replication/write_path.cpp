@@ -139,17 +139,14 @@ awaitable<Status> WritePath::modify(uint8_t record_type, uint16_t record_flags, 
     if (!rec->settled.is_set()) {
       // Answered before the secondary confirmed: the extent stays in flight
       // (and dirty) until it does.
-      asio::co_spawn(io_, settle(rec, offset, length, s.ok()), asio::detached);
+      rec->on_settled = [this, local_ok = s.ok()](const Record& r) {
+        write_finished(r.offset, r.length, local_ok && r.ok);
+      };
       co_return s;
     }
   }
   write_finished(offset, length, s.ok() && rec && rec->ok);
   co_return s;
-}
-
-awaitable<void> WritePath::settle(std::shared_ptr<Record> rec, uint64_t offset, uint64_t length, bool local_ok) {
-  co_await rec->settled.wait();
-  write_finished(offset, length, local_ok && rec->ok);
 }
 
 awaitable<Status> WritePath::write(uint64_t offset, const Buffer& data, bool fua) {

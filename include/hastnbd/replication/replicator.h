@@ -42,6 +42,10 @@ struct Record {
   bool ok = false;        // settled by kWritten (or kReadReply)
   std::string error;      // why it failed
   Buffer data;            // kRead: the data read from the secondary
+  // Called once as the record settles, before `settled` wakes anyone: the
+  // write path's bookkeeping for a request it answered earlier (memsync,
+  // async), without a coroutine per request waiting for it.
+  std::function<void(const Record&)> on_settled;
   // The connection sending the submitter's own memory as the payload
   // (submit with `borrow`); Replicator::release waits until it is out.
   std::shared_ptr<PeerConnection> borrower;
@@ -111,6 +115,7 @@ class Replicator {
   awaitable<void> ack_watchdog(std::shared_ptr<PeerConnection> conn);
   void fail_pending(const std::string& why);
   void settle(uint64_t seq, bool ok, const std::string& error);
+  static void finish(Record& rec);  // on_settled, then `settled`
   void set_state(PeerState s);
 
   asio::io_context& io_;

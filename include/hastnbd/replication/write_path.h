@@ -69,7 +69,6 @@ class WritePath : public BlockBackend {
   template <class Op>
   awaitable<Status> modify(uint8_t record_type, uint16_t record_flags, uint64_t offset, uint64_t length, bool fua,
                            std::span<const uint8_t> data, Op local_op);
-  awaitable<void> settle(std::shared_ptr<Record> rec, uint64_t offset, uint64_t length, bool local_ok);
   awaitable<Status> read_remote(uint64_t offset, Buffer& out, const Status& local);
   awaitable<Status> generation_started();
   void write_finished(uint64_t offset, uint64_t length, bool confirmed);
