@@ -92,6 +92,9 @@ awaitable<void> NbdServer::Connection::transmission() {
         end_reason_ = "truncated WRITE payload";
         break;
       }
+      // A large write is usually followed by another: its payload then goes
+      // straight into the request's buffer, not partly through ours.
+      if (r.length >= kDirectReadThreshold) rbuf_.limit_next_fill(nbd::kRequestSize);
     }
     ++inflight_;
     inflight_bytes_ += cost;

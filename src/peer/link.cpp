@@ -125,6 +125,9 @@ awaitable<Result<Frame>> PeerConnection::read_frame() {
       close(ec2 == asio::error::eof ? "peer closed the connection mid-frame" : "read: " + read_error(ec2));
       co_return Status::Error(ECONNRESET, close_reason_);
     }
+    // The next record of a stream of large ones: its header alone first,
+    // then its payload straight into a pool buffer (base/read_buffer.h).
+    if (!tls_ && h->payload_length >= kDirectRead) rbuf_.limit_next_fill(peer::kHeaderSize);
   }
   // Data records are verified when they are expanded (peer::decode_payload).
   if (h->type != peer::kWrite && h->type != peer::kReadReply) {

@@ -110,3 +110,37 @@ TEST_CASE("read buffer: the stream ending mid-read is an error", "[read_buffer]"
     });
   }
 }
+
+TEST_CASE("read buffer: a capped refill leaves a large payload for the direct read", "[read_buffer]") {
+  Pair p;
+  ReadBuffer rb(4096, 1024);
+  // Records of a 48-byte header and a 3000-byte payload.
+  const auto one = pattern(48 + 3000, 5), two = pattern(48 + 3000, 9);
+  p.run([&]() -> awaitable<void> {
+    std::vector<uint8_t> hdr(48), payload(3000);
+    // Uncapped: the header's refill brings the payload too (copied again).
+    p.send(one);
+    error_code ec = co_await rb.read_exact(p.reader, hdr.data(), hdr.size());
+    REQUIRE_FALSE(ec);
+    CHECK(rb.buffered() == 3000);
+    ec = co_await rb.read_exact(p.reader, payload.data(), payload.size());
+    REQUIRE_FALSE(ec);
+    CHECK(std::equal(payload.begin(), payload.end(), one.begin() + 48));
+    // Capped at the header: nothing of the payload is buffered, it is read
+    // straight into the caller's memory, in order.
+    p.send(two);
+    rb.limit_next_fill(48);
+    ec = co_await rb.read_exact(p.reader, hdr.data(), hdr.size());
+    REQUIRE_FALSE(ec);
+    CHECK(rb.buffered() == 0);
+    CHECK(std::equal(hdr.begin(), hdr.end(), two.begin()));
+    ec = co_await rb.read_exact(p.reader, payload.data(), payload.size());
+    REQUIRE_FALSE(ec);
+    CHECK(std::equal(payload.begin(), payload.end(), two.begin() + 48));
+    // The cap held for one refill only.
+    p.send(pattern(96, 1));
+    ec = co_await rb.read_exact(p.reader, hdr.data(), hdr.size());
+    REQUIRE_FALSE(ec);
+    CHECK(rb.buffered() == 48);
+  });
+}

@@ -1,12 +1,17 @@
 // A receive buffer for a stream socket read by one coroutine: one recv brings
 // whatever the peer has sent so far (many small records or requests), and
 // reads are served from it without a syscall each. Large reads go straight
-// to the caller's memory (an O_DIRECT buffer: no extra copy). The NBD server's
+// to the caller's memory (an O_DIRECT buffer: no extra copy); after one, the
+// reader may cap the next refill at a header's size (limit_next_fill), so
+// that a stream of large records is not partly copied through the buffer:
+// a refill of the whole buffer would otherwise bring up to its capacity of
+// the next payload, to be copied again. The NBD server's
 // connections and the peer link read through one (docs/design.md, "The
 // write path").
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -20,6 +25,9 @@ class ReadBuffer {
   explicit ReadBuffer(size_t capacity, size_t direct = 64 * 1024) : buf_(capacity), direct_(direct) {}
 
   size_t buffered() const { return tail_ - head_; }
+  // The next recv into the buffer reads at most n bytes (then back to its
+  // capacity): the caller expects a header followed by a large payload.
+  void limit_next_fill(size_t n) { fill_limit_ = std::max<size_t>(n, 1); }
 
   // Copies n bytes if they are all buffered already; no suspension.
   bool take(uint8_t* dst, size_t n) {
@@ -43,8 +51,9 @@ class ReadBuffer {
       co_return ec;
     }
     while (n > 0) {
-      auto [ec, got] = co_await socket.async_read_some(asio::buffer(buf_.data() + tail_, buf_.size() - tail_),
-                                                        use_nothrow);
+      const size_t room = std::min(buf_.size() - tail_, std::max(fill_limit_, n));
+      fill_limit_ = SIZE_MAX;
+      auto [ec, got] = co_await socket.async_read_some(asio::buffer(buf_.data() + tail_, room), use_nothrow);
       if (ec) co_return ec;
       tail_ += got;
       const size_t k = std::min(n, buffered());
@@ -58,6 +67,7 @@ class ReadBuffer {
  private:
   std::vector<uint8_t> buf_;
   size_t direct_;
+  size_t fill_limit_ = SIZE_MAX;
   size_t head_ = 0, tail_ = 0;
 };
 

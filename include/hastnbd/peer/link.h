@@ -118,6 +118,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     }
   };
   static constexpr size_t kReadBufferSize = 256 * 1024;
+  static constexpr size_t kDirectRead = 64 * 1024;  // payloads from here on bypass rbuf_
   void enqueue(const peer::Header& header, Outgoing o, uint64_t data_bytes);
   awaitable<void> writer();
   awaitable<void> keepalive();
@@ -129,7 +130,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   awaitable<error_code> write_all(const std::vector<asio::const_buffer>& bufs);
 
   std::optional<Socket> socket_;  // plain, or
-  ReadBuffer rbuf_{kReadBufferSize};  // plain only: one recv brings many records
+  ReadBuffer rbuf_{kReadBufferSize, kDirectRead};  // plain only: one recv brings many records
   std::shared_ptr<TlsSession> tls_;  // TLS over the socket it owns
   uint32_t max_payload_ = peer::kMaxAuthPayload;  // until authenticated
   BufferPool& pool_;
