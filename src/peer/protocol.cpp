@@ -78,11 +78,12 @@ uint16_t allowed_flags(uint8_t type) {
     case kError: case kSyncDone: return kFlagChecksummed;
     case kAuthHello: case kAuthChallenge: case kAuthProof: return kFlagChecksummed;
     case kReadReply: return kDataFlags | kFlagResync;
+    case kHash: case kHashReply: return kFlagChecksummed | kFlagResync;
     default: return 0;
   }
 }
 
-bool known_type(uint8_t type) { return type >= kHello && type <= kAuthProof; }
+bool known_type(uint8_t type) { return type >= kHello && type <= kHashReply; }
 
 Status bad(const std::string& type_prefix, const std::string& what) {
   return Status::Error(EINVAL, type_prefix + what);
@@ -166,6 +167,21 @@ Status check_type_rules(const Header& h) {
       if (h.payload_length == 0 || h.payload_length > kMaxAuthPayload)
         return bad(t, "payload_length " + num(h.payload_length) + " outside 1.." + num(kMaxAuthPayload));
       return Status::Ok();
+    case kHash:
+      if (!(st = check_range(h, t, kMaxDataLength)).ok()) return st;
+      if (h.payload_length != kHashRequestPayload)
+        return bad(t, "payload_length " + num(h.payload_length) + " must be " + num(kHashRequestPayload));
+      return Status::Ok();
+    case kHashReply: {
+      if (!(st = check_range(h, t, kMaxDataLength)).ok()) return st;
+      // The exact count depends on the request's block size, which the
+      // receiver checks; here: whole hashes, at most one per smallest block.
+      const uint64_t most = hash_count(h.length, kMinHashBlock) * kHashBytes;
+      if (h.payload_length == 0 || h.payload_length % kHashBytes != 0 || h.payload_length > most)
+        return bad(t, "payload_length " + num(h.payload_length) + " is not 1.." + num(most / kHashBytes) +
+                          " hashes of " + num(kHashBytes) + " bytes");
+      return Status::Ok();
+    }
     case kError:
       if (!(st = check_no_range(h, t)).ok()) return st;
       if (h.payload_length < kErrorCodeBytes || h.payload_length > kErrorCodeBytes + kMaxErrorMessage)
@@ -202,6 +218,8 @@ const char* type_name(uint8_t type) {
     case kAuthHello: return "AUTH_HELLO";
     case kAuthChallenge: return "AUTH_CHALLENGE";
     case kAuthProof: return "AUTH_PROOF";
+    case kHash: return "HASH";
+    case kHashReply: return "HASH_REPLY";
     default: return "UNKNOWN";
   }
 }
@@ -347,6 +365,35 @@ Result<uint64_t> decode_sync_done(std::span<const uint8_t> payload) {
     return Status::Error(EINVAL, "SYNC_DONE: payload of " + num(payload.size()) + " bytes, expected " +
                                      num(kSyncDonePayload));
   return get_be64(payload.data());
+}
+
+std::vector<uint8_t> encode_hash_request(uint32_t block) {
+  std::vector<uint8_t> out;
+  Writer w(out);
+  w.u32(block);
+  return out;
+}
+
+Result<uint32_t> decode_hash_request(std::span<const uint8_t> payload) {
+  if (payload.size() != kHashRequestPayload)
+    return Status::Error(EINVAL, "HASH: payload of " + num(payload.size()) + " bytes, expected " +
+                                     num(kHashRequestPayload));
+  const uint32_t block = get_be32(payload.data());
+  if (block < kMinHashBlock || block > kMaxHashBlock || (block & (block - 1)) != 0)
+    return Status::Error(EINVAL, "HASH: block size " + num(block) + " is not a power of two in " +
+                                     num(kMinHashBlock) + ".." + num(kMaxHashBlock));
+  return block;
+}
+
+std::vector<uint8_t> hash_blocks(std::span<const uint8_t> data, uint32_t block) {
+  std::vector<uint8_t> out(hash_count(data.size(), block) * kHashBytes);
+  uint8_t* o = out.data();
+  for (size_t pos = 0; pos < data.size(); pos += block, o += kHashBytes) {
+    const XXH128_hash_t h = XXH3_128bits(data.data() + pos, std::min<size_t>(block, data.size() - pos));
+    put_be64(o, h.high64);
+    put_be64(o + 8, h.low64);
+  }
+  return out;
 }
 
 std::vector<uint8_t> encode_error(int err, const std::string& message) {

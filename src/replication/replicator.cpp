@@ -148,7 +148,8 @@ awaitable<std::shared_ptr<Record>> Replicator::submit_impl(uint8_t type, uint16_
   h.seq = rec->seq;
   h.offset = offset;
   h.length = length;
-  if (config_.replication == Replication::kMemsync && type != peer::kRead && type != peer::kSyncDone)
+  if (config_.replication == Replication::kMemsync &&
+      (type == peer::kWrite || type == peer::kTrim || type == peer::kWriteZeroes || type == peer::kFlush))
     h.flags |= peer::kFlagWantReceived;
   std::vector<uint8_t> payload;
   if (type == peer::kWrite) {
@@ -206,10 +207,20 @@ awaitable<std::shared_ptr<Record>> Replicator::remote_read(uint64_t offset, uint
   return submit(peer::kRead, flags, offset, length);
 }
 
+awaitable<std::shared_ptr<Record>> Replicator::remote_hash(uint64_t offset, uint32_t length, uint32_t block,
+                                                          uint16_t flags) {
+  auto rec = co_await submit(peer::kHash, flags, offset, length, peer::encode_hash_request(block));
+  if (rec) rec->hash_block = block;
+  co_return rec;
+}
+
+bool Replicator::can_hash() const { return connected() && (features_ & peer::kFeatureHash); }
+
 awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   // Nothing of the peer's is parsed beyond AUTH_* until it proved the key.
   auto auth = co_await peer::authenticate_initiator(*conn, peer::auth_params(config_));
   if (!auth.ok()) co_return auth.status();
+  features_ = auth->features;
   peer::Hello ours = hello_();
   ours.protocol_version = auth->version;
   peer::send_hello(*conn, ours);
@@ -244,8 +255,9 @@ awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
         break;
       case peer::kWritten: {
         auto it = pending_.find(h.seq);
-        if (it != pending_.end() && it->second->type == peer::kRead) {
-          conn->close("the secondary answered READ " + std::to_string(h.seq) + " with WRITTEN");
+        if (it != pending_.end() && (it->second->type == peer::kRead || it->second->type == peer::kHash)) {
+          conn->close(std::string("the secondary answered ") + peer::type_name(it->second->type) + " " +
+                      std::to_string(h.seq) + " with WRITTEN");
           co_return;
         }
         settle(h.seq, true, "");
@@ -277,6 +289,28 @@ awaitable<void> Replicator::read_acks(std::shared_ptr<PeerConnection> conn) {
           co_return;
         }
         it->second->data = std::move(data);
+        settle(h.seq, true, "");
+        break;
+      }
+      case peer::kHashReply: {
+        auto it = pending_.find(h.seq);
+        if (it == pending_.end()) break;
+        const Record& rec = *it->second;
+        const uint64_t want = rec.type == peer::kHash ? peer::hash_count(rec.length, rec.hash_block) * peer::kHashBytes : 0;
+        if (rec.type != peer::kHash || h.offset != rec.offset || h.length != rec.length ||
+            h.payload_length != want) {
+          // Hashes of another range would report a false match or mismatch.
+          conn->close("the secondary's HASH_REPLY " + std::to_string(h.seq) + " (" + std::to_string(h.offset) + "+" +
+                      std::to_string(h.length) + ", " + std::to_string(h.payload_length) + " bytes) does not answer " +
+                      peer::type_name(rec.type) + " " + std::to_string(rec.offset) + "+" +
+                      std::to_string(rec.length));
+          co_return;
+        }
+        if (Status s = peer::verify_payload(h, f->payload.span()); !s.ok()) {
+          conn->close("bad hash reply: " + s.message());
+          co_return;
+        }
+        it->second->data = std::move(f->payload);
         settle(h.seq, true, "");
         break;
       }

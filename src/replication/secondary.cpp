@@ -279,6 +279,24 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
         asio::co_spawn(io_, read_for_peer(conn, h, order_.reserve(h.offset, h.offset + h.length, false)),
                        asio::detached);
         continue;
+      case peer::kHash: {
+        Status valid = peer::verify_payload(h, f->payload.span());
+        auto block = valid.ok() ? peer::decode_hash_request(f->payload.span()) : Result<uint32_t>(valid);
+        if (!block.ok()) {
+          conn->close("record " + std::to_string(h.seq) + ": " + block.status().message());
+          break;
+        }
+        if (h.offset > size || h.length > size - h.offset) {
+          conn->send_error(h.seq, Status::Error(EINVAL, "hash beyond the end of the device"));
+          continue;
+        }
+        ++applying_;
+        applying_bytes_ += h.length;
+        asio::co_spawn(io_,
+                       hash_for_peer(conn, h, *block, order_.reserve(h.offset, h.offset + h.length, false)),
+                       asio::detached);
+        continue;
+      }
       default: conn->close(std::string("unexpected ") + peer::type_name(h.type) + " record from the primary"); break;
     }
     break;
@@ -397,6 +415,42 @@ awaitable<void> Secondary::read_for_peer(std::shared_ptr<PeerConnection> conn, p
   changed_.notify_all();
 }
 
+// The blocks are read after every earlier record that overlaps them was
+// applied (the FIFO reservation), so they hold what the primary had when it
+// sent the HASH: the primary compares against its own copy at that point.
+awaitable<void> Secondary::hash_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h, uint32_t block,
+                                         RangeLock::Ticket ticket) {
+  Buffer data = pool_.get(h.length);
+  Status s;
+  {
+    auto guard = co_await order_.acquire(ticket);
+    s = co_await disk_.read(h.offset, data);
+  }
+  if (s.ok()) hashed_bytes_ += h.length;
+  if (conn->is_open()) {
+    if (!s.ok()) {
+      conn->send_error(h.seq, s);
+    } else {
+      std::vector<uint8_t> hashes = peer::hash_blocks(data.span(), block);
+      peer::Header r;
+      r.type = peer::kHashReply;
+      r.flags = h.flags & peer::kFlagResync;
+      r.seq = h.seq;
+      r.offset = h.offset;
+      r.length = h.length;
+      r.payload_length = uint32_t(hashes.size());
+      if (config_.checksum == Checksum::kXxh3) {
+        r.flags |= peer::kFlagChecksummed;
+        r.payload_checksum = peer::payload_checksum(hashes);
+      }
+      conn->send(r, std::move(hashes));
+    }
+  }
+  --applying_;
+  applying_bytes_ -= h.length;
+  changed_.notify_all();
+}
+
 nlohmann::json Secondary::status() const {
   PeerStats s = totals_;
   if (conn_) s.add(conn_->stats());
@@ -421,6 +475,7 @@ nlohmann::json Secondary::status() const {
       {"bytes_received", s.bytes_received},
       {"data_bytes_received", s.data_bytes_received},
       {"resync_bytes", resync_bytes_},
+      {"hashed_bytes", hashed_bytes_},
   };
 }
 

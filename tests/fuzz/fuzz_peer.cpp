@@ -49,6 +49,9 @@ void decode_frame(const Header& h, std::span<const uint8_t> payload) {
     case kAuthProof:
       (void)decode_auth_proof(payload);
       break;
+    case kHash:
+      (void)decode_hash_request(payload);
+      break;
     default:
       break;
   }

@@ -192,8 +192,21 @@ TEST_CASE("header round trip for every record type", "[peer]") {
     h.flags = kFlagResync;
     valid.push_back(h);
   }
-  for (uint8_t t = kHello; t <= kSyncDone; ++t)
-    CHECK(std::any_of(valid.begin(), valid.end(), [t](const Header& h) { return h.type == t; }));
+  {
+    Header h = data_header(kHash, 1 << 20);
+    h.payload_length = kHashRequestPayload;
+    h.flags = kFlagResync;
+    valid.push_back(h);
+  }
+  {
+    Header h = data_header(kHashReply, 1 << 20);
+    h.payload_length = 256 * kHashBytes;
+    h.flags = kFlagChecksummed;
+    h.payload_checksum = 1;
+    valid.push_back(h);
+  }
+  for (uint8_t t = kHello; t <= kHashReply; ++t)
+    if (t < kAuthHello || t > kAuthProof) CHECK(std::any_of(valid.begin(), valid.end(), [t](const Header& h) { return h.type == t; }));
 
   for (const Header& h : valid) {
     INFO("type " << type_name(h.type));
@@ -215,6 +228,8 @@ TEST_CASE("type names", "[peer]") {
   CHECK(std::string(type_name(kWriteZeroes)) == "WRITE_ZEROES");
   CHECK(std::string(type_name(kReadReply)) == "READ_REPLY");
   CHECK(std::string(type_name(kSyncDone)) == "SYNC_DONE");
+  CHECK(std::string(type_name(kHash)) == "HASH");
+  CHECK(std::string(type_name(kHashReply)) == "HASH_REPLY");
   CHECK(std::string(type_name(0)) == "UNKNOWN");
   CHECK(std::string(type_name(200)) == "UNKNOWN");
 }
@@ -245,7 +260,7 @@ TEST_CASE("header framing rejections: magic, version, checksum, type, flags", "[
   CHECK_THAT(r.status().message(), Catch::Contains("header checksum mismatch"));
 
   CHECK_THAT(rejection(bare(0)), Catch::Contains("unknown record type 0"));
-  CHECK_THAT(rejection(bare(16)), Catch::Contains("unknown record type 16"));
+  CHECK_THAT(rejection(bare(18)), Catch::Contains("unknown record type 18"));
   CHECK_THAT(rejection(bare(255)), Catch::Contains("unknown record type 255"));
 
   Header h = ok;
@@ -850,4 +865,80 @@ TEST_CASE("SYNC_DONE payload carries the primary's localcnt", "[peer]") {
   p.pop_back();
   CHECK_FALSE(decode_sync_done(p).ok());
   CHECK_THAT(decode_sync_done(p).status().message(), Catch::Contains("7 bytes, expected 8"));
+}
+
+TEST_CASE("HASH and HASH_REPLY: lengths, payloads, flags", "[peer]") {
+  Header h = data_header(kHash, 0);
+  h.payload_length = kHashRequestPayload;
+  CHECK_THAT(rejection(h), Catch::Contains("HASH: length 0 outside 1..33554432"));
+  h.length = kMaxDataLength + 1;
+  CHECK_THAT(rejection(h), Catch::Contains("HASH: length 33554433"));
+  h.length = 4096;
+  h.payload_length = 8;
+  CHECK_THAT(rejection(h), Catch::Contains("HASH: payload_length 8 must be 4"));
+  h.payload_length = kHashRequestPayload;
+  h.flags = kFlagLz4;
+  CHECK_THAT(rejection(h), Catch::Contains("HASH") && Catch::Contains("flag LZ4 not allowed"));
+  h.flags = kFlagFua;
+  CHECK_THAT(rejection(h), Catch::Contains("flag FUA not allowed"));
+  h.flags = 0;
+  h.offset = UINT64_MAX - 100;
+  CHECK_THAT(rejection(h), Catch::Contains("overflows"));
+
+  Header r = data_header(kHashReply, 8192);  // at most 2 hashes
+  r.payload_length = 3 * kHashBytes;
+  CHECK_THAT(rejection(r), Catch::Contains("HASH_REPLY: payload_length 48 is not 1..2 hashes"));
+  r.payload_length = 17;
+  CHECK_THAT(rejection(r), Catch::Contains("HASH_REPLY: payload_length 17"));
+  r.payload_length = 0;
+  CHECK_THAT(rejection(r), Catch::Contains("HASH_REPLY: payload_length 0"));
+  r.payload_length = 2 * kHashBytes;
+  CHECK(round_trip(r).ok());
+  r.flags = kFlagHole;
+  CHECK_THAT(rejection(r), Catch::Contains("flag HOLE not allowed"));
+}
+
+TEST_CASE("HASH request payload: the block size", "[peer]") {
+  for (uint32_t b : {4096u, 65536u, 1u << 20}) {
+    auto p = encode_hash_request(b);
+    REQUIRE(p.size() == kHashRequestPayload);
+    auto d = decode_hash_request(p);
+    REQUIRE(d.ok());
+    CHECK(*d == b);
+  }
+  for (uint32_t b : {0u, 512u, 2048u, 4097u, 12288u, 2u << 20, UINT32_MAX}) {
+    INFO(b);
+    auto d = decode_hash_request(encode_hash_request(b));
+    REQUIRE_FALSE(d.ok());
+    CHECK_THAT(d.status().message(), Catch::Contains("block size " + std::to_string(b)));
+  }
+  std::vector<uint8_t> short_payload(3);
+  CHECK_THAT(decode_hash_request(short_payload).status().message(), Catch::Contains("3 bytes, expected 4"));
+}
+
+TEST_CASE("hash_blocks: one XXH3-128 per block, the last one short, big-endian", "[peer]") {
+  std::vector<uint8_t> data(3 * 4096 + 100);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = uint8_t(i * 7 + 3);
+  auto hashes = hash_blocks(data, 4096);
+  REQUIRE(hashes.size() == 4 * kHashBytes);
+  CHECK(hash_count(data.size(), 4096) == 4);
+  for (size_t b = 0; b < 4; ++b) {
+    const size_t n = std::min<size_t>(4096, data.size() - b * 4096);
+    XXH128_hash_t x = XXH3_128bits(data.data() + b * 4096, n);
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 8; ++i) {
+      hi = hi << 8 | hashes[b * 16 + i];
+      lo = lo << 8 | hashes[b * 16 + 8 + i];
+    }
+    CHECK(hi == x.high64);
+    CHECK(lo == x.low64);
+  }
+  // One flipped byte changes exactly its block's hash.
+  auto other = data;
+  other[4096 + 17] ^= 0x40;
+  auto h2 = hash_blocks(other, 4096);
+  for (size_t b = 0; b < 4; ++b)
+    CHECK(std::equal(hashes.begin() + long(b * 16), hashes.begin() + long(b * 16 + 16), h2.begin() + long(b * 16)) ==
+          (b != 1));
+  CHECK(hash_blocks({}, 4096).empty());
 }

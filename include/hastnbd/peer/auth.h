@@ -35,9 +35,11 @@
 
 namespace hastnbd::peer {
 
-// Feature bits, agreed as the intersection of both sides' sets. None is
-// defined yet; unknown bits from a newer peer are ignored.
-inline constexpr uint64_t kFeatures = 0;
+// Feature bits, agreed as the intersection of both sides' sets; unknown
+// bits from a newer peer are ignored.
+// kFeatureHash: HASH / HASH_REPLY records (online verify, checksum resync).
+inline constexpr uint64_t kFeatureHash = 1;
+inline constexpr uint64_t kFeatures = kFeatureHash;
 
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;

@@ -55,6 +55,8 @@ enum Type : uint8_t {
   kAuthHello = 13,     // initiator -> responder, first on every link (peer/auth.h)
   kAuthChallenge = 14, // responder -> initiator
   kAuthProof = 15,     // initiator -> responder
+  kHash = 16,          // primary -> secondary: hash offset, length in blocks; payload = u32 block size
+  kHashReply = 17,     // secondary -> primary: seq = the kHash's seq; payload = one Hash128 per block
 };
 // Any AUTH_* payload; also what a link accepts at all until it is authenticated.
 inline constexpr uint32_t kMaxAuthPayload = 512;
@@ -114,6 +116,22 @@ Status verify_payload(const Header& h, std::span<const uint8_t> payload);
 // kSyncDone payload: the primary's localcnt, which the secondary stores as its remotecnt.
 std::vector<uint8_t> encode_sync_done(uint64_t primary_localcnt);
 Result<uint64_t> decode_sync_done(std::span<const uint8_t> payload);
+
+// kHash / kHashReply (feature kFeatureHash, docs/protocol.md "Hashes"):
+// the secondary hashes [offset, offset+length) in blocks of `block` bytes
+// (the last one may be shorter) with XXH3-128 and answers with the hashes
+// in order, each as its high and low 64 bits, big-endian.
+inline constexpr uint32_t kHashRequestPayload = 4;
+inline constexpr uint32_t kMinHashBlock = 4096;
+inline constexpr uint32_t kMaxHashBlock = 1u << 20;
+inline constexpr uint32_t kHashBytes = 16;
+std::vector<uint8_t> encode_hash_request(uint32_t block);
+// The block size: a power of two, kMinHashBlock..kMaxHashBlock.
+Result<uint32_t> decode_hash_request(std::span<const uint8_t> payload);
+// Hashes of `length` bytes in blocks of `block`: ceil(length / block).
+inline uint64_t hash_count(uint64_t length, uint32_t block) { return (length + block - 1) / block; }
+// One kHashBytes hash per block of `data`, in wire order.
+std::vector<uint8_t> hash_blocks(std::span<const uint8_t> data, uint32_t block);
 
 // kError payload.
 std::vector<uint8_t> encode_error(int err, const std::string& message);

@@ -41,7 +41,8 @@ struct Record {
   Latch settled;          // written on the secondary, or failed
   bool ok = false;        // settled by kWritten (or kReadReply)
   std::string error;      // why it failed
-  Buffer data;            // kRead: the data read from the secondary
+  Buffer data;            // kRead: the data read from the secondary; kHash: its hashes
+  uint32_t hash_block = 0;  // kHash: the block size asked for
   // Called once as the record settles, before `settled` wakes anyone: the
   // write path's bookkeeping for a request it answered earlier (memsync,
   // async), without a coroutine per request waiting for it.
@@ -87,6 +88,14 @@ class Replicator {
   awaitable<std::shared_ptr<Record>> submit_buffer(uint16_t flags, uint64_t offset, Buffer data);
   // Reads [offset, offset+length) from the secondary; nullptr if not connected.
   awaitable<std::shared_ptr<Record>> remote_read(uint64_t offset, uint32_t length, uint16_t flags = 0);
+  // The secondary's hashes of [offset, offset+length) in blocks of `block`
+  // (peer::hash_blocks), in the record's `data` once it settled ok; nullptr
+  // if not connected. Ordered on the secondary after every record sent
+  // before it that overlaps the range. Only when can_hash().
+  awaitable<std::shared_ptr<Record>> remote_hash(uint64_t offset, uint32_t length, uint32_t block,
+                                                 uint16_t flags = 0);
+  // The connected secondary understands HASH (feature kFeatureHash).
+  bool can_hash() const;
 
   // Called with the secondary's HELLO once it passed check_hello: decides
   // whether the pair may connect (and who synchronises whom). An error
@@ -130,6 +139,7 @@ class Replicator {
   std::string last_error_;
   std::string last_logged_;  // the last connect failure logged, so a retry loop logs each cause once
   std::shared_ptr<PeerConnection> conn_;
+  uint64_t features_ = 0;  // agreed in the AUTH exchange of conn_
   std::unordered_map<uint64_t, std::shared_ptr<Record>> pending_;
   // Records in submission order with their send time: a secondary that stays
   // reachable (keepalives) but stops acknowledging must not stall writers.

@@ -74,6 +74,8 @@ class Secondary {
                          bool always_log);
   awaitable<void> apply(std::shared_ptr<PeerConnection> conn, Frame frame, RangeLock::Ticket ticket);
   awaitable<void> read_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h, RangeLock::Ticket ticket);
+  awaitable<void> hash_for_peer(std::shared_ptr<PeerConnection> conn, peer::Header h, uint32_t block,
+                                RangeLock::Ticket ticket);
   void reply(PeerConnection& conn, uint8_t type, uint64_t seq);
 
   asio::io_context& io_;
@@ -94,6 +96,7 @@ class Secondary {
   PeerStats totals_;
   uint64_t records_applied_ = 0;
   uint64_t resync_bytes_ = 0;   // written or read for the synchronisation
+  uint64_t hashed_bytes_ = 0;   // read and hashed for the primary (verify, checksum resync)
   uint64_t apply_errors_ = 0;
   uint64_t refused_ = 0;
   unsigned handshakes_ = 0;  // accepted, not yet authenticated
