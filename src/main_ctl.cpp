@@ -7,9 +7,12 @@
 //   list                        every configured resource and its state
 //   dump [--json] RESOURCE      metadata header and dirty extents (offline or live)
 //   genkey FILE                 write a new peer key file (mode 0600, never replaces one)
+//   verify [--range OFF:LEN] [--repair] [--resume] [--stop] [--wait] RESOURCE
+//                               online comparison of both nodes' copies (on the primary)
 // Exit codes: 0 done, 1 the operation failed, 2 usage or configuration
 // error, 3 the daemon for the resource is not running, 4 the role is now
-// primary but the configured kernel device (nbd.device) could not be attached.
+// primary but the configured kernel device (nbd.device) could not be attached,
+// 5 verify --wait: the copies differ (the ranges are printed and marked for sync).
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
@@ -38,6 +41,7 @@ constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitNotRunning = 3;
 constexpr int kExitNoDevice = 4;
+constexpr int kExitDiffer = 5;
 constexpr int kControlTimeoutMs = 120000;  // a role change drains in-flight I/O
 
 const char* kUsage =
@@ -54,7 +58,14 @@ const char* kUsage =
     "  list                         configured resources and whether they run\n"
     "  dump [--json] RESOURCE       metadata header and dirty extents\n"
     "  genkey FILE                  write a new random peer key (psk_file), mode 0600;\n"
-    "                               copy the same file to the other node\n";
+    "                               copy the same file to the other node\n"
+    "  verify [--range OFF:LEN] [--repair] [--wait] RESOURCE\n"
+    "                               on the primary: compare both nodes' copies online\n"
+    "                               (OFF and LEN like 0, 4096, 1GiB; LEN 0 = to the end);\n"
+    "                               --repair copies what differs to the secondary; --wait\n"
+    "                               follows it and exits 5 if the copies differ\n"
+    "  verify --stop|--resume [--wait] RESOURCE\n"
+    "                               end the running verify, or continue the last one\n";
 
 std::string human(uint64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -84,6 +95,8 @@ struct Ctx {
   bool watch = false;
   double interval = 1.0;
   long count = 0;  // --watch: stop after this many redraws (0 = until interrupted)
+  std::string range;  // verify --range OFF:LEN
+  bool repair = false, resume = false, stop = false, wait = false;
 };
 
 Result<ResourceConfig> config_for(const Ctx& c, const std::string& resource) {
@@ -150,28 +163,66 @@ std::string duration(int64_t secs) {
   return buf;
 }
 
+// "DONE of TOTAL (P%)", and while running ", RATE/s, ETA T": a sync's or a
+// verify's progress object (SyncProgress::to_json).
+std::string progress_text(const json& p, uint64_t total) {
+  const uint64_t done = p["done_bytes"];
+  std::string out = human(done) + " of " + human(total);
+  char buf[64];
+  if (total > 0) {
+    std::snprintf(buf, sizeof buf, " (%.1f%%)", 100.0 * double(done) / double(total));
+    out += buf;
+  }
+  if (p.value("state", "") == "running") {
+    out += ", " + human(p["rate"]) + "/s";
+    if (p["eta_seconds"].get<int64_t>() >= 0) out += ", ETA " + duration(p["eta_seconds"]);
+  }
+  return out;
+}
+
 void print_sync(const json& s) {
   if (!s.contains("sync")) return;
   const json& y = s["sync"];
   const std::string state = y.value("state", "none");
   if (state == "none") return;
-  uint64_t total = y["total_bytes"], done = y["done_bytes"];
   std::cout << "  sync:        " << state << ", " << (y["full"].get<bool>() ? "full, " : "")
-            << (y["direction"] == "from-peer" ? "from the peer" : "to the peer") << ": " << human(done) << " of "
-            << human(total);
+            << (y["direction"] == "from-peer" ? "from the peer" : "to the peer") << ": "
+            << progress_text(y, y["total_bytes"]);
   char buf[64];
-  if (total > 0) {
-    std::snprintf(buf, sizeof buf, " (%.1f%%)", 100.0 * double(done) / double(total));
-    std::cout << buf;
-  }
-  if (state == "running") {
-    std::cout << ", " << human(y["rate"]) << "/s";
-    if (y["eta_seconds"].get<int64_t>() >= 0) std::cout << ", ETA " << duration(y["eta_seconds"]);
-  } else if (y.contains("elapsed_seconds")) {
+  if (state != "running" && y.contains("elapsed_seconds")) {
     std::snprintf(buf, sizeof buf, " in %.1f s", y["elapsed_seconds"].get<double>());
     std::cout << buf;
   }
   if (!y.value("last_error", std::string()).empty()) std::cout << " (" << y["last_error"].get<std::string>() << ")";
+  std::cout << "\n";
+}
+
+std::string verify_ranges(const json& v, size_t most) {
+  std::string out;
+  size_t n = 0;
+  for (const auto& r : v.value("mismatches", json::array())) {
+    if (n++ == most) return out + ", ...";
+    out += (out.empty() ? "" : ", ") + std::to_string(r["offset"].get<uint64_t>()) + "+" +
+           std::to_string(r["length"].get<uint64_t>());
+  }
+  return out;
+}
+
+void print_verify(const json& s) {
+  if (!s.contains("verify")) return;
+  const json& v = s["verify"];
+  const std::string state = v.value("state", "none");
+  if (state == "none") return;
+  std::cout << "  verify:      " << state << ", " << progress_text(v, v["length"]);
+  if (!v.value("started", std::string()).empty()) std::cout << ", started " << v["started"].get<std::string>();
+  const uint64_t bad = v["mismatched_bytes"];
+  if (bad == 0) std::cout << "; no difference" << (state == "done" ? ": the copies are identical" : " so far");
+  else
+    std::cout << "; " << v["mismatched_ranges"] << " range(s), " << human(bad) << " DIFFER ("
+              << verify_ranges(v, 4) << ")" << (v.value("repair", false) ? ", repairing" : ", marked for sync");
+  if (v["skipped_bytes"].get<uint64_t>() > 0) std::cout << "; " << human(v["skipped_bytes"]) << " skipped (awaiting sync)";
+  if (state != "running" && state != "done")
+    std::cout << "; at " << v["position"] << (v.value("last_error", "").empty() ? "" : ": " + v["last_error"].get<std::string>());
   std::cout << "\n";
 }
 
@@ -203,6 +254,7 @@ void print_status(const json& s) {
   if (!p.value("last_error", std::string()).empty() && p["state"] != "connected")
     std::cout << "  last error:  " << p["last_error"].get<std::string>() << "\n";
   print_sync(s);
+  print_verify(s);
   if (p.contains("data_bytes_sent")) {
     std::cout << "  traffic:     " << p["records_sent"] << " records sent, " << human(p["data_bytes_sent"])
               << " of data as " << human(p["bytes_sent"]) << " on the wire; " << p["inflight_records"]
@@ -327,6 +379,49 @@ int cmd_discard(const Ctx& c, const std::string& resource) {
   return 0;
 }
 
+int cmd_verify(const Ctx& c, const std::string& resource) {
+  auto cfg = config_for(c, resource);
+  if (!cfg.ok()) return std::cerr << "hastnbd-ctl: " << cfg.status().message() << "\n", kExitUsage;
+  json req = {{"cmd", "verify"}, {"repair", c.repair}, {"resume", c.resume}, {"stop", c.stop}};
+  if (!c.range.empty()) {
+    const size_t colon = c.range.find(':');
+    auto off = parse_size(c.range.substr(0, colon));
+    auto len = colon == std::string::npos ? Result<uint64_t>(0) : parse_size(c.range.substr(colon + 1));
+    if (colon == std::string::npos || !off.ok() || !len.ok()) {
+      std::cerr << "hastnbd-ctl: --range takes OFFSET:LENGTH in bytes or with a unit (1GiB:512MiB; LENGTH 0 = to the "
+                   "end), not '" << c.range << "'\n";
+      return kExitUsage;
+    }
+    req["offset"] = *off;
+    req["length"] = *len;
+  }
+  auto reply = control_call(cfg->control_path(), req, kControlTimeoutMs);
+  if (!reply.ok()) {
+    fail(reply.status());
+    return not_running(reply.status()) ? kExitNotRunning : kExitFailed;
+  }
+  if (!(*reply)["ok"].get<bool>()) return fail(Status::Error(EIO, (*reply)["error"].get<std::string>()));
+  if (c.stop) std::cout << resource << ": verify stopping\n";
+  else if (!c.wait)
+    std::cout << resource << ": verify " << (c.resume ? "resumed" : "started") << " at " << (*reply)["verify"]["position"]
+              << " (" << human((*reply)["verify"]["length"]) << " in all); follow it with 'hastnbd-ctl status "
+              << resource << "'\n";
+  if (!c.wait) return 0;
+  // Follow the run until it ends; the exit status says what it found.
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto st = control_call(cfg->control_path(), json{{"cmd", "status"}}, kControlTimeoutMs);
+    if (!st.ok()) return fail(st.status());
+    if (!st->contains("verify")) return fail(Status::Error(EIO, "the daemon no longer reports a verify"));
+    const json& v = (*st)["verify"];
+    const std::string state = v.value("state", "");
+    if (state == "running") continue;
+    print_verify(*st);
+    if (state != "done") return kExitFailed;
+    return v["mismatched_bytes"].get<uint64_t>() == 0 ? 0 : kExitDiffer;
+  }
+}
+
 int cmd_list(const Ctx& c) {
   auto names = load_resource_names(c.config_path);
   if (!names.ok()) return std::cerr << "hastnbd-ctl: " << names.status().message() << "\n", kExitUsage;
@@ -410,6 +505,9 @@ int main(int argc, char** argv) {
       "json", "machine-readable output")("watch,w", "status: redraw until interrupted")(
       "interval", po::value(&c.interval), "status --watch: seconds between redraws")(
       "count", po::value(&c.count), "status --watch: stop after this many redraws")(
+      "range", po::value(&c.range), "verify: OFFSET:LENGTH")("repair", "verify: copy what differs to the secondary")(
+      "resume", "verify: continue the last stopped or interrupted run")("stop", "verify: end the running verify")(
+      "wait", "verify: follow the run; exit 5 if the copies differ")(
       "command", po::value(&command))("args", po::value(&args));
   po::positional_options_description pos;
   pos.add("command", 1).add("args", -1);
@@ -428,6 +526,10 @@ int main(int argc, char** argv) {
   c.force = vm.count("force") > 0;
   c.as_json = vm.count("json") > 0;
   c.watch = vm.count("watch") > 0;
+  c.repair = vm.count("repair") > 0;
+  c.resume = vm.count("resume") > 0;
+  c.stop = vm.count("stop") > 0;
+  c.wait = vm.count("wait") > 0;
   if (c.interval < 0.1 || c.interval > 3600) {
     std::cerr << "hastnbd-ctl: --interval must be between 0.1 and 3600 seconds\n";
     return kExitUsage;
@@ -445,6 +547,17 @@ int main(int argc, char** argv) {
   if (command == "discard-my-data") return want(1) ? cmd_discard(c, args[0]) : kExitUsage;
   if (command == "reload") return want(1) ? cmd_reload(c, args[0]) : kExitUsage;
   if (command == "genkey") return want(1) ? cmd_genkey(args[0]) : kExitUsage;
+  if (command == "verify") {
+    if (c.stop && (c.resume || c.repair || !c.range.empty() || c.wait)) {
+      std::cerr << "hastnbd-ctl: verify --stop takes no other option\n";
+      return kExitUsage;
+    }
+    if (c.resume && !c.range.empty()) {
+      std::cerr << "hastnbd-ctl: verify --resume continues the last run's range; --range does not apply\n";
+      return kExitUsage;
+    }
+    return want(1) ? cmd_verify(c, args[0]) : kExitUsage;
+  }
   std::cerr << "hastnbd-ctl: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;
 }

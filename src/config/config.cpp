@@ -137,6 +137,7 @@ const Key kSettingKeys[] = {
     {"keepdirty", [](const Item& it, Cascade& c) { c.cfg.keepdirty = number_of(it, 0, kMaxKeepdirty); }},
     {"metaflush", [](const Item& it, Cascade& c) { c.cfg.metaflush = bool_of(it); }},
     {"sync_rate", [](const Item& it, Cascade& c) { c.cfg.sync_rate = size_of(it); }},
+    {"verify_rate", [](const Item& it, Cascade& c) { c.cfg.verify_rate = size_of(it); }},
     {"max_inflight", [](const Item& it, Cascade& c) { c.cfg.max_inflight = max_inflight_of(it); }},
     {"size", [](const Item& it, Cascade& c) { c.cfg.size = export_size_of(it); }},
     {"auth",

@@ -130,6 +130,22 @@ std::string prometheus_text(const nlohmann::json& st, const NbdOpMetrics& ops) {
   w.one("hastnbd_sync_eta_seconds", "gauge", "Estimated seconds left (-1: unknown or not running).",
         sync.contains("eta_seconds") ? num(sync, "eta_seconds") : -1);
 
+  if (st.contains("verify")) {
+    const nlohmann::json& v = sub("verify");
+    w.one("hastnbd_verify_running", "gauge", "1 while an online verify runs.", v.value("state", "") == "running");
+    w.one("hastnbd_verify_total_bytes", "gauge", "Bytes the current or last verify compares.", num(v, "length"));
+    w.one("hastnbd_verify_done_bytes", "gauge", "Bytes the current or last verify has compared.",
+          num(v, "done_bytes"));
+    w.one("hastnbd_verify_mismatched_bytes", "gauge", "Bytes the current or last verify found different.",
+          num(v, "mismatched_bytes"));
+    w.one("hastnbd_verify_mismatched_ranges", "gauge", "Ranges the current or last verify found different.",
+          num(v, "mismatched_ranges"));
+    w.one("hastnbd_verify_checked_bytes_total", "counter", "Bytes compared by online verify since the start.",
+          num(v, "checked_bytes_total"));
+    w.one("hastnbd_verify_mismatched_bytes_total", "counter",
+          "Bytes online verify found different since the start.", num(v, "mismatched_bytes_total"));
+  }
+
   const nlohmann::json& writes = sub("writes");
   w.one("hastnbd_writes_in_flight", "gauge", "Writes not yet settled (locally and on the secondary).",
         num(writes, "in_flight"));

@@ -77,8 +77,12 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
     r->secondary_ = std::make_unique<Secondary>(
         io, r->pool_, c, *r->disk_, [raw = r.get()] { return raw->hello(); }, r->seams_.peer_listener);
   r->write_path_ = std::make_unique<WritePath>(io, *r->disk_, *r->store_, c, r->replicator_.get());
-  if (r->replicator_)
+  if (r->replicator_) {
     r->syncer_ = std::make_unique<Syncer>(io, r->pool_, c, *r->disk_, *r->store_, *r->write_path_, *r->replicator_);
+    r->verifier_ =
+        std::make_unique<Verifier>(io, r->pool_, c, *r->disk_, *r->store_, *r->write_path_, *r->replicator_);
+    r->verifier_->load();
+  }
   r->nbd_ = std::make_unique<NbdServer>(io, r->pool_, *r->write_path_, c.name);
   r->device_ = std::make_unique<KernelDevice>(io, c, *r->nbd_);
   r->wire_peer_events();
@@ -105,6 +109,7 @@ void Resource::wire_peer_events() {
     };
     replicator_->on_disconnected = [this](const std::string& why) {
       syncer_->interrupt(why);
+      verifier_->interrupt("the link to the secondary went down: " + why);
       hooks_->run("disconnect", {config_.peer_node, why});
     };
     syncer_->on_start = [this](bool from_peer, uint64_t total) {
@@ -112,6 +117,23 @@ void Resource::wire_peer_events() {
     };
     syncer_->on_done = [this] { hooks_->run("syncdone"); };
     syncer_->on_interrupted = [this](const std::string& why) { hooks_->run("syncintr", {why}); };
+    verifier_->on_start = [this](uint64_t offset, uint64_t length) {
+      hooks_->run("verifystart", {std::to_string(offset), std::to_string(length)});
+    };
+    verifier_->on_mismatch = [this](const VerifyRange& r) {
+      hooks_->run("verify-mismatch", {std::to_string(r.offset), std::to_string(r.length)});
+    };
+    verifier_->on_done = [this](uint64_t checked, uint64_t mismatched, uint64_t ranges) {
+      hooks_->run("verifydone", {std::to_string(checked), std::to_string(mismatched), std::to_string(ranges)});
+    };
+    verifier_->on_interrupted = [this](const std::string& why) { hooks_->run("verifyintr", {why}); };
+    verifier_->on_repair = [this] {
+      // The marked extents go to the secondary as in any sync; the copies
+      // are in step otherwise, so remotecnt stays what it is.
+      SyncPlan plan;
+      plan.peer_localcnt = store_->header().remotecnt;
+      if (replicator_->connected()) syncer_->start(std::move(plan));
+    };
   }
   if (secondary_) {
     secondary_->on_hello = [this](const peer::Hello& theirs) {
@@ -250,6 +272,19 @@ awaitable<Status> Resource::discard_my_data() {
   co_return s;
 }
 
+Status Resource::verify(const VerifyRequest& req) {
+  if (role_ != Role::kPrimary || !verifier_)
+    return Status::Error(EINVAL, "verify runs on the primary, which compares its copy with the secondary's; this "
+                                 "node is " + std::string(to_string(role_)) +
+                                 (verifier_ ? "" : " and has no peer (no 'remote')"));
+  return verifier_->start(req, syncer_->running());
+}
+
+Status Resource::stop_verify() {
+  if (!verifier_) return Status::Error(EINVAL, "this node has no peer to verify against");
+  return verifier_->stop();
+}
+
 json Resource::reload() {
   sd::reloading();
   auto next = load_resource_config(config_.config_path, config_.name, config_.node);
@@ -273,6 +308,7 @@ json Resource::reload() {
   if (d.applied.empty() && d.refused.empty()) spdlog::info("reload: {}: nothing changed", config_.config_path);
   hooks_->set_program(config_.exec);
   if (syncer_) syncer_->set_rate(config_.sync_rate);
+  if (verifier_) verifier_->set_rate(config_.verify_rate);
   if (secondary_) secondary_->reconfigure();
   if (replicator_) replicator_->reconfigure(config_.remote != remote || config_.source != source);
   hooks_->run("reload");
@@ -369,6 +405,7 @@ awaitable<void> Resource::leave_primary() {
   co_await write_path_->drain();
   Status s = co_await write_path_->flush();
   if (!s.ok()) spdlog::error("resource {}: flush on leaving primary: {}", config_.name, s.message());
+  if (verifier_) co_await verifier_->halt("this node left the primary role");
   if (syncer_) co_await syncer_->stop();
   if (replicator_) co_await replicator_->stop();
   if (secondary_) co_await secondary_->stop();
@@ -410,6 +447,7 @@ awaitable<void> Resource::shutdown() {
   }
   co_await nbd_->shutdown();
   co_await write_path_->drain();
+  if (verifier_) co_await verifier_->halt("the daemon is stopping");
   if (syncer_) co_await syncer_->stop();
   if (replicator_) co_await replicator_->stop();
   if (secondary_ && role_ != Role::kInit) co_await secondary_->stop();
@@ -423,7 +461,7 @@ awaitable<void> Resource::shutdown() {
 StatusSources Resource::status_sources() const {
   return StatusSources{config_,       role_,         role_since_,  started_,          *store_,
                        *disk_,        *nbd_,         *write_path_, replicator_.get(), secondary_.get(),
-                       syncer_.get(), *sync_target_, *hooks_,      *device_};
+                       syncer_.get(), verifier_.get(), *sync_target_, *hooks_, *device_};
 }
 
 json Resource::status() const { return status_report(status_sources()); }

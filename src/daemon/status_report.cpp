@@ -95,6 +95,9 @@ json status_report(const StatusSources& s) {
                 {"block_device", s.disk.is_block_device()}};
   j["metadata"] = metadata_section(s);
   j["sync"] = sync_section(s);
+  // The primary runs verify; a secondary (or init) shows the last run it
+  // remembers from its own time as primary.
+  if (s.verifier) j["verify"] = s.verifier->status();
   j["in_sync"] = in_sync(s);
   j["extent_size"] = h.extent_size;
   j["dirty"] = {{"extents", map.dirty_count()},
@@ -117,6 +120,7 @@ json status_report(const StatusSources& s) {
   j["checksum"] = to_string(c.checksum);
   j["timeout"] = c.timeout;
   j["sync_rate"] = c.sync_rate;
+  j["verify_rate"] = c.verify_rate;
   return j;
 }
 

@@ -25,7 +25,7 @@ Syncer::Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& con
       map_(store.map()),
       write_path_(write_path),
       replicator_(replicator),
-      rate_(config.sync_rate),
+      pacer_(config.sync_rate),
       changed_(io.get_executor()) {}
 
 uint64_t Syncer::extent_bytes(uint64_t e) const {
@@ -53,24 +53,6 @@ void Syncer::interrupt(const std::string& why) {
 awaitable<void> Syncer::stop() {
   interrupt("stopped");
   while (running_) co_await changed_.wait();
-}
-
-awaitable<void> Syncer::pace(uint64_t bytes) {
-  if (rate_ == 0) co_return;
-  auto now = std::chrono::steady_clock::now();
-  // Idle for a while: do not let the saved-up budget become a burst.
-  auto due = pace_start_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                               std::chrono::duration<double>(double(paced_bytes_) / double(rate_)));
-  if (pace_start_ == std::chrono::steady_clock::time_point{} || now - due > std::chrono::seconds(1)) {
-    pace_start_ = now;
-    paced_bytes_ = 0;
-    due = now;
-  }
-  paced_bytes_ += bytes;
-  if (due > now) {
-    asio::steady_timer t(io_, due);
-    co_await t.async_wait(use_nothrow);
-  }
 }
 
 awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_peer) {
@@ -144,7 +126,7 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
     if (s.ok()) {
       spdlog::info("sync: {} {} {} ({} extents){}", plan.full ? "full synchronisation" : "synchronising",
                    plan.from_peer ? "from the secondary," : "to the secondary,", total, map_.needs_sync_count(),
-                   rate_ ? ", rate limit " + std::to_string(rate_) + " bytes/s" : std::string());
+                   pacer_.rate() ? ", rate limit " + std::to_string(pacer_.rate()) + " bytes/s" : std::string());
       if (on_start) on_start(plan.from_peer, total);
     }
   }
@@ -167,7 +149,7 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
       continue;
     }
     cursor = e + 1;
-    co_await pace(extent_bytes(e));
+    co_await pacer_.pace(io_, extent_bytes(e));
     while (copies_in_flight_ >= window && current(run_id)) co_await changed_.wait();
     if (!current(run_id)) break;
     ++copies_in_flight_;
@@ -208,7 +190,7 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
   } else if (!s.ok()) {
     spdlog::warn("sync: {}", s.message());
   }
-  write_path_.unlock_extents();
+  if (work) write_path_.unlock_extents();
   running_ = false;
   changed_.notify_all();
 }

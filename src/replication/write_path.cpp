@@ -101,7 +101,7 @@ awaitable<Status> WritePath::modify(uint8_t record_type, uint16_t record_flags, 
   std::shared_ptr<Record> rec;
   {
     RangeLock::Guard guard;
-    if (extents_locked_)
+    if (extent_lock_users_ > 0)
       guard = co_await extent_lock_.lock(offset, offset + length, /*exclusive=*/false);
     else
       ++unlocked_writers_;
@@ -177,7 +177,7 @@ awaitable<Status> WritePath::flush() {
 }
 
 awaitable<void> WritePath::lock_extents() {
-  extents_locked_ = true;
+  ++extent_lock_users_;
   while (unlocked_writers_ > 0) co_await changed_.wait();
 }
 

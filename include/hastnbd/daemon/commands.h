@@ -12,7 +12,8 @@ namespace hastnbd {
 
 class Resource;
 
-// ping, status, role {role, force}, reload, discard-my-data.
+// ping, status, role {role, force}, reload, discard-my-data,
+// verify {offset, length, repair, resume, stop}.
 awaitable<nlohmann::json> handle_command(Resource& resource, const nlohmann::json& request);
 
 }  // namespace hastnbd

@@ -1,6 +1,7 @@
 // Hooks: the configured program (config `exec`), run as
 // `PROGRAM EVENT RESOURCE [ARGS...]` on start, stop, role, connect, disconnect,
-// syncstart, syncdone, syncintr, split-brain and reload, without blocking the loop.
+// syncstart, syncdone, syncintr, split-brain, reload, verifystart,
+// verify-mismatch, verifydone and verifyintr, without blocking the loop.
 //
 // run() only queues. Runs happen one at a time, in the order queued, each with
 // the program configured when it was queued (so "connect" is seen before

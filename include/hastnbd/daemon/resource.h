@@ -39,6 +39,7 @@
 #include "hastnbd/replication/replicator.h"
 #include "hastnbd/replication/secondary.h"
 #include "hastnbd/replication/syncer.h"
+#include "hastnbd/replication/verifier.h"
 #include "hastnbd/replication/write_path.h"
 
 namespace hastnbd {
@@ -69,6 +70,10 @@ class Resource {
   awaitable<Status> change_role(Role to, bool force);
   // The split-brain victim's command: its data is to be replaced.
   awaitable<Status> discard_my_data();
+  // `hastnbd-ctl verify`: start (or resume) an online verify on the primary,
+  // or stop the one running.
+  Status verify(const VerifyRequest& req);
+  Status stop_verify();
   // SIGHUP or `hastnbd-ctl reload`: re-read the configuration file and apply
   // what can change while running (apply_reload in config.h); the rest is
   // logged as refused. A file with errors changes nothing.
@@ -125,6 +130,7 @@ class Resource {
   std::unique_ptr<NbdServer> nbd_;
   std::unique_ptr<KernelDevice> device_;
   std::unique_ptr<Syncer> syncer_;  // with replicator_
+  std::unique_ptr<Verifier> verifier_;  // with replicator_
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;  // with `metrics: {listen: ...}`
   SyncPlan plan_;                           // decided at the primary's last handshake, started when the link is up

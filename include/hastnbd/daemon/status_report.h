@@ -19,6 +19,7 @@
 #include "hastnbd/replication/replicator.h"
 #include "hastnbd/replication/secondary.h"
 #include "hastnbd/replication/syncer.h"
+#include "hastnbd/replication/verifier.h"
 #include "hastnbd/replication/write_path.h"
 
 namespace hastnbd {
@@ -34,6 +35,7 @@ struct StatusSources {
   const Replicator* replicator;  // null without a `remote`
   const Secondary* secondary;    // null without a `listen`
   const Syncer* syncer;          // with replicator
+  const Verifier* verifier;      // with replicator
   const SyncTarget& sync_target;
   const Hooks& hooks;
   const KernelDevice& device;

@@ -29,6 +29,7 @@
 
 #include "hastnbd/base/asio.h"
 #include "hastnbd/base/buffer.h"
+#include "hastnbd/base/pacer.h"
 #include "hastnbd/base/status.h"
 #include "hastnbd/config/config.h"
 #include "hastnbd/disk/disk.h"
@@ -64,7 +65,7 @@ class Syncer {
   const SyncProgress& progress() const { return progress_; }
 
   // rate in bytes/s, 0 = unlimited (SIGHUP may change it).
-  void set_rate(uint64_t rate) { rate_ = rate; }
+  void set_rate(uint64_t rate) { pacer_.set_rate(rate); }
 
   std::function<void(bool from_peer, uint64_t total_bytes)> on_start;
   std::function<void()> on_done;
@@ -73,7 +74,6 @@ class Syncer {
  private:
   awaitable<void> run(uint64_t run_id, SyncPlan plan);
   awaitable<Status> copy_extent(uint64_t run_id, uint64_t extent, bool from_peer);
-  awaitable<void> pace(uint64_t bytes);
   awaitable<Status> finish(uint64_t peer_localcnt);
   uint64_t extent_bytes(uint64_t e) const;
   bool current(uint64_t run_id) const { return run_id == run_id_ && replicator_.connected(); }
@@ -86,16 +86,13 @@ class Syncer {
   ActiveMap& map_;
   WritePath& write_path_;
   Replicator& replicator_;
-  uint64_t rate_ = 0;
+  Pacer pacer_;
   uint64_t run_id_ = 0;
   bool running_ = false;
   uint64_t copies_in_flight_ = 0;
   std::vector<uint64_t> in_flight_;  // extents being copied
   Status failure_;                   // why the current run gave up
   SyncProgress progress_;
-  // pacing: bytes released since pace_start_
-  std::chrono::steady_clock::time_point pace_start_{};
-  uint64_t paced_bytes_ = 0;
   AsyncCondition changed_;
 };
 

@@ -50,15 +50,16 @@ class WritePath : public BlockBackend {
   void peer_connected() { generation_bumped_ = false; }
   // Wait until no write is in flight, settlements on the secondary included.
   awaitable<void> drain();
-  // While a sync runs, writes hold their range shared from before they are
-  // queued to the secondary until the local write completes, and the syncer
-  // holds an extent exclusively while it copies it. Without a sync the locks
-  // would only cost time: lock_extents() turns them on (returning once every
-  // write that started without one has left that section), unlock_extents()
-  // off again.
+  // While a sync or a verify runs, writes hold their range shared from
+  // before they are queued to the secondary until the local write
+  // completes, and the syncer (the verifier) holds a range exclusively while
+  // it copies (hashes) it. Without either the locks would only cost time:
+  // lock_extents() turns them on (returning once every write that started
+  // without one has left that section), unlock_extents() off again once
+  // every caller of lock_extents() called it.
   RangeLock& extent_lock() { return extent_lock_; }
   awaitable<void> lock_extents();
-  void unlock_extents() { extents_locked_ = false; }
+  void unlock_extents() { --extent_lock_users_; }
   // While a sync from the secondary is unfinished, the local disk holds old
   // data for the extents not copied yet: their reads go to the secondary,
   // and without a secondary no request can be served correctly (EIO).
@@ -85,7 +86,7 @@ class WritePath : public BlockBackend {
   bool generation_bump_running_ = false;
   AsyncCondition changed_;
   RangeLock extent_lock_;
-  bool extents_locked_ = false;
+  unsigned extent_lock_users_ = 0;  // lock_extents() callers
   uint64_t unlocked_writers_ = 0;  // in the section above without a lock
   WritePathStats stats_;
 };
