@@ -21,6 +21,8 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
   if (note(true, "exec", text(cur.exec), text(next.exec))) cur.exec = next.exec;
   if (note(true, "sync_rate", std::to_string(cur.sync_rate), std::to_string(next.sync_rate)))
     cur.sync_rate = next.sync_rate;
+  if (note(true, "sync_compare", cur.sync_compare ? "true" : "false", next.sync_compare ? "true" : "false"))
+    cur.sync_compare = next.sync_compare;
   if (note(true, "verify_rate", std::to_string(cur.verify_rate), std::to_string(next.verify_rate)))
     cur.verify_rate = next.verify_rate;
   if (note(true, "compression", to_string(cur.compression), to_string(next.compression)))

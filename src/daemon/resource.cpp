@@ -115,7 +115,9 @@ void Resource::wire_peer_events() {
     syncer_->on_start = [this](bool from_peer, uint64_t total) {
       hooks_->run("syncstart", {from_peer ? "from-peer" : "to-peer", std::to_string(total)});
     };
-    syncer_->on_done = [this] { hooks_->run("syncdone"); };
+    syncer_->on_done = [this](uint64_t copied, uint64_t compared) {
+      hooks_->run("syncdone", {std::to_string(copied), std::to_string(compared)});
+    };
     syncer_->on_interrupted = [this](const std::string& why) { hooks_->run("syncintr", {why}); };
     verifier_->on_start = [this](uint64_t offset, uint64_t length) {
       hooks_->run("verifystart", {std::to_string(offset), std::to_string(length)});

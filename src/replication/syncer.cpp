@@ -13,6 +13,7 @@ namespace hastnbd {
 namespace {
 constexpr uint64_t kChunk = 4u << 20;           // bytes per RESYNC record
 constexpr uint64_t kBytesInFlight = 32u << 20;  // copies outstanding at once
+constexpr uint32_t kCompareBlock = 4096;        // bytes per hash (sync_compare)
 }  // namespace
 
 Syncer::Syncer(asio::io_context& io, BufferPool& pool, const ResourceConfig& config, Disk& disk, MetaStore& store,
@@ -55,7 +56,58 @@ awaitable<void> Syncer::stop() {
   while (running_) co_await changed_.wait();
 }
 
-awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_peer) {
+awaitable<Status> Syncer::compare_chunk(uint64_t pos, uint32_t n, bool from_peer,
+                                       std::vector<std::shared_ptr<Record>>& recs) {
+  const Status link_down = Status::Error(ENOTCONN, "the link to the secondary went down");
+  // The secondary hashes after every record queued before the HASH; nothing
+  // for this chunk is queued until the copies below (the caller's lock).
+  auto hashes = co_await replicator_.remote_hash(pos, n, kCompareBlock, peer::kFlagResync);
+  if (!hashes) co_return link_down;
+  Buffer local = pool_.get(n);
+  if (Status s = co_await disk_.read(pos, local); !s.ok())
+    co_return Status::Error(s.code(), "reading " + std::to_string(n) + " bytes at " + std::to_string(pos) + ": " +
+                                          s.message());
+  co_await hashes->settled.wait();
+  if (!hashes->ok) co_return Status::Error(EIO, "the secondary's hashes at " + std::to_string(pos) + ": " + hashes->error);
+  const std::vector<uint8_t> ours = peer::hash_blocks(local.span(), kCompareBlock);
+  if (hashes->data.size() != ours.size()) co_return Status::Error(EPROTO, "the secondary's hashes do not match the request");
+  progress_.compared_bytes += n;
+  const size_t blocks = ours.size() / peer::kHashBytes;
+  auto same = [&](size_t b) {
+    return std::equal(ours.begin() + long(b * peer::kHashBytes), ours.begin() + long((b + 1) * peer::kHashBytes),
+                      hashes->data.data() + b * peer::kHashBytes);
+  };
+  for (size_t b = 0; b < blocks;) {
+    if (same(b)) {
+      ++b;
+      continue;
+    }
+    size_t end = b + 1;
+    while (end < blocks && !same(end)) ++end;
+    const uint64_t off = uint64_t(b) * kCompareBlock;
+    const uint32_t len = uint32_t(std::min<uint64_t>(uint64_t(end) * kCompareBlock, n) - off);
+    b = end;
+    progress_.copied_bytes += len;
+    if (!from_peer) {
+      auto rec = co_await replicator_.submit(peer::kWrite, peer::kFlagResync, pos + off, len,
+                                             local.span().subspan(off, len));
+      if (!rec) co_return link_down;
+      recs.push_back(std::move(rec));
+      continue;
+    }
+    auto rec = co_await replicator_.remote_read(pos + off, len, peer::kFlagResync);
+    if (!rec) co_return link_down;
+    co_await rec->settled.wait();
+    if (!rec->ok || rec->data.size() != len)
+      co_return Status::Error(EIO, "reading from the secondary at " + std::to_string(pos + off) + ": " + rec->error);
+    if (Status s = co_await disk_.write(pos + off, rec->data); !s.ok())
+      co_return Status::Error(s.code(), "writing " + std::to_string(len) + " bytes at " + std::to_string(pos + off) +
+                                            ": " + s.message());
+  }
+  co_return Status::Ok();
+}
+
+awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_peer, bool compare) {
   const uint64_t off = e * map_.extent_size();
   const uint64_t len = extent_bytes(e);
   const Status link_down = Status::Error(ENOTCONN, "the link to the secondary went down");
@@ -65,6 +117,11 @@ awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_pee
     for (uint64_t pos = off; pos < off + len && current(run_id); pos += kChunk) {
       const uint32_t n = uint32_t(std::min<uint64_t>(kChunk, off + len - pos));
       const std::string where = std::to_string(n) + " bytes at " + std::to_string(pos);
+      if (compare) {
+        if (Status s = co_await compare_chunk(pos, n, from_peer, recs); !s.ok()) co_return s;
+        continue;
+      }
+      progress_.copied_bytes += n;
       if (!from_peer) {
         Buffer buf = pool_.get(n);
         if (Status s = co_await disk_.read(pos, buf); !s.ok())
@@ -115,6 +172,8 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
   for (uint64_t e = map_.next_needs_sync(0); e < map_.extents(); e = map_.next_needs_sync(e + 1))
     total += extent_bytes(e);
   const bool work = total > 0;
+  // A full sync's target holds nothing worth comparing.
+  const bool compare = !plan.full && config_.sync_compare && replicator_.can_hash();
   Status s;
   if (work) {
     progress_.begin(plan.from_peer, plan.full, total);
@@ -124,8 +183,9 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
     const SyncDirection dir = plan.from_peer ? SyncDirection::kFromPeer : SyncDirection::kToPeer;
     if (s.ok()) s = co_await store_.update([dir](const MetaHeader& h) { return meta::begin_sync(h, dir); });
     if (s.ok()) {
-      spdlog::info("sync: {} {} {} ({} extents){}", plan.full ? "full synchronisation" : "synchronising",
+      spdlog::info("sync: {} {} {} ({} extents){}{}", plan.full ? "full synchronisation" : "synchronising",
                    plan.from_peer ? "from the secondary," : "to the secondary,", total, map_.needs_sync_count(),
+                   compare ? ", comparing 4 KiB blocks by hashes first" : "",
                    pacer_.rate() ? ", rate limit " + std::to_string(pacer_.rate()) + " bytes/s" : std::string());
       if (on_start) on_start(plan.from_peer, total);
     }
@@ -156,8 +216,8 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
     in_flight_.push_back(e);
     asio::co_spawn(
         io_,
-        [this, run_id, e, from_peer = plan.from_peer]() -> awaitable<void> {
-          Status copied = co_await copy_extent(run_id, e, from_peer);
+        [this, run_id, e, from_peer = plan.from_peer, compare]() -> awaitable<void> {
+          Status copied = co_await copy_extent(run_id, e, from_peer, compare);
           // A copy that failed while the link is up stops this run; one that
           // ended because the link went down needs no reason of its own.
           if (!copied.ok() && current(run_id) && failure_.ok()) failure_ = copied;
@@ -174,9 +234,11 @@ awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
       progress_.state = SyncProgress::State::kDone;
       progress_.ended_wall = std::chrono::system_clock::now();
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - progress_.started).count();
-      spdlog::info("sync: done, {} bytes in {:.1f} s ({:.1f} MiB/s); remotecnt now {}", progress_.done_bytes, secs,
-                   secs > 0 ? double(progress_.done_bytes) / secs / (1 << 20) : 0.0, plan.peer_localcnt);
-      if (on_done) on_done();
+      spdlog::info("sync: done, {} bytes in {:.1f} s ({:.1f} MiB/s; {} compared by hashes, {} copied); remotecnt "
+                   "now {}",
+                   progress_.done_bytes, secs, secs > 0 ? double(progress_.done_bytes) / secs / (1 << 20) : 0.0,
+                   progress_.compared_bytes, progress_.copied_bytes, plan.peer_localcnt);
+      if (on_done) on_done(progress_.copied_bytes, progress_.compared_bytes);
     }
   }
   if (!s.ok() && failure_.ok()) failure_ = s;

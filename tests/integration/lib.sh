@@ -680,6 +680,21 @@ write_pair_config() {
   } >"$file"
 }
 
+# show_logs: both daemons' logs of a pair (nodes a and b), for a failure
+# message; a test may define its own.
+show_logs() {
+  show_log "$(daemon_log a)"
+  show_log "$(daemon_log b)"
+}
+
+# hook_recorder SCRIPT OUT: SCRIPT, a hook program (config `exec`) that
+# appends each event's arguments ("EVENT RESOURCE ARGS...") to OUT, a line each.
+hook_recorder() {
+  printf '#!/bin/sh\necho "$*" >>"%s"\n' "$2" >"$1"
+  chmod +x "$1"
+  : >"$2"
+}
+
 # cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
 cpu_ticks() {
   local stat

@@ -160,7 +160,7 @@ done
 # The hook saw the recovery sync on a, after the split-brain.
 tail_a="$(sed -n '/^split-brain /,$p' "$T/hook-a.out")"
 grep -qx "syncstart data to-peer $((64 * MIB))" <<<"$tail_a" || { show_logs; die "a: no syncstart hook for the recovery"; }
-wait_for 10 "syncdone hook on a" bash -c "sed -n '/^split-brain /,\$p' '$T/hook-a.out' | grep -qx 'syncdone data'" \
+wait_for 10 "syncdone hook on a" bash -c "sed -n '/^split-brain /,\$p' '$T/hook-a.out' | grep -qx 'syncdone data $((64 * MIB)) 0'" \
   || { show_logs; die "a: no syncdone hook for the recovery"; }
 [ "$(grep -c '^syncstart ' "$T/hook-a.out")" -gt "$syncstarts0" ] || die "a: syncstart count did not grow"
 

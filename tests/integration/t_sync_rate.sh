@@ -91,7 +91,8 @@ EOF
 
 wait_in_sync "$conf" a 60 || { show_logs; die "a not in sync within 60 s"; }
 hastnbd_ctl "$conf" a status --json data >"$T/end.json"
-wait_for 10 "syncdone hook" grep -q " syncdone data$" "$T/hook.out" || { show_logs; die "no syncdone hook on a"; }
+# A full sync copies everything and compares nothing: syncdone COPIED COMPARED.
+wait_for 10 "syncdone hook" grep -q " syncdone data $SIZE 0$" "$T/hook.out" || { show_logs; die "no syncdone hook on a"; }
 "$HASTNBD_PYTHON" - "$T/end.json" "$T/hook.out" "$RATE" "$SIZE" <<'EOF' || { show_logs; die "the sync rate is off the limit"; }
 import json, sys
 y = json.load(open(sys.argv[1]))["sync"]

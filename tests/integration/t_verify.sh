@@ -24,22 +24,13 @@ dir="$T/pair"
 mkdir -p "$dir"
 conf="$dir/hastnbd.yaml"
 read -r pa pb pm <<<"$(free_ports 3)"
-cat >"$T/hook.sh" <<EOF
-#!/bin/sh
-echo "\$*" >>"$T/hook.out"
-EOF
-chmod +x "$T/hook.sh"
-: >"$T/hook.out"
+hook_recorder "$T/hook.sh" "$T/hook.out"
 PAIR_DISK_SIZE=$SIZE write_pair_config "$conf" "127.0.0.1:$pa" "127.0.0.1:$pb" "verify_rate: 0"
 sed -i "s|^      a: {|      a: {exec: $T/hook.sh, metrics: {listen: \"127.0.0.1:$pm\"}, |" "$conf"
 start_pair "$conf"
 pid_a=$PAIR_PID_A pid_b=$PAIR_PID_B
 sock_a="$(nbd_socket "$conf" a data)"
 field() { status_field "$conf" "$@"; }
-show_logs() {
-  show_log "$(daemon_log a)"
-  show_log "$(daemon_log b)"
-}
 verify() {  # verify ARGS...: hastnbd-ctl verify ARGS data on a; sets VRC
   VRC=0
   hastnbd_ctl "$conf" a verify "$@" data >"$T/verify.out" 2>&1 || VRC=$?

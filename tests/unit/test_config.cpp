@@ -82,6 +82,7 @@ TEST_CASE("config: cascade node over resource over defaults over built-in", "[co
   metaflush: false
   sync_rate: 10MiB
   verify_rate: 20MiB
+  sync_compare: false
   max_inflight: 2MiB
   psk: secret-d-0123456789abcdef-0123456789
   nbd: {connections: 2}
@@ -121,6 +122,7 @@ resources:
   CHECK_FALSE(a.metaflush);
   CHECK(a.sync_rate == 10 << 20);
   CHECK(a.verify_rate == 20 << 20);
+  CHECK_FALSE(a.sync_compare);
   CHECK(a.max_inflight == 2 << 20);
   REQUIRE(a.size.has_value());
   CHECK(*a.size == 1ull << 30);
@@ -164,6 +166,7 @@ TEST_CASE("config: built-in defaults and default paths", "[config]") {
   CHECK(c.metaflush);
   CHECK(c.sync_rate == 0);
   CHECK(c.verify_rate == 100u << 20);
+  CHECK(c.sync_compare);
   CHECK(c.max_inflight == 64u << 20);
   CHECK_FALSE(c.size.has_value());
   CHECK(c.psk.empty());
@@ -883,7 +886,7 @@ TEST_CASE("config: the shipped example file", "[config]") {
   const std::string text = read_text(path);
   for (const char* key :
        {"replication:", "compression:", "checksum:",    "timeout:",   "run_dir:",   "state_dir:",
-        "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "verify_rate:", "max_inflight:",
+        "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "verify_rate:", "sync_compare:", "max_inflight:",
         "# auth:",      "psk_file:",    "local:",       "listen:",      "remote:",    "meta:",      "nbd:",
         "socket:",      "device:",      "connections:", "# size:"}) {
     INFO(key);

@@ -21,6 +21,10 @@ struct SyncProgress {
   bool full = false;
   uint64_t total_bytes = 0;
   uint64_t done_bytes = 0;
+  // Of done_bytes: compared by hashes first (sync_compare), and actually
+  // copied (sent to the peer, or read from it).
+  uint64_t compared_bytes = 0;
+  uint64_t copied_bytes = 0;
   std::chrono::steady_clock::time_point started{};
   std::chrono::system_clock::time_point started_wall{}, ended_wall{};
   std::string last_error;

@@ -13,7 +13,11 @@
 // Each copy holds the extent exclusively in the write path's range lock while it
 // reads and queues the data, so an application write to the extent is either
 // entirely before the copy (and in it) or after it (and after it on the wire):
-// it never loses to the copy. A bit clears when its copy is confirmed, so an
+// it never loses to the copy.
+// A sync that is not full compares first (`sync_compare`, and a peer with the
+// HASH feature): the target's hashes of the chunk (HASH, 4 KiB blocks) against
+// the source's, all under the same lock, and only the blocks that differ are
+// copied; progress counts the bytes compared and copied. A bit clears when its copy is confirmed, so an
 // interrupted sync resumes where it stopped. When nothing is left, SYNC_DONE
 // tells the secondary, and both store the other's localcnt as remotecnt.
 // Loop thread only.
@@ -68,12 +72,16 @@ class Syncer {
   void set_rate(uint64_t rate) { pacer_.set_rate(rate); }
 
   std::function<void(bool from_peer, uint64_t total_bytes)> on_start;
-  std::function<void()> on_done;
+  std::function<void(uint64_t copied, uint64_t compared)> on_done;
   std::function<void(const std::string& why)> on_interrupted;
 
  private:
   awaitable<void> run(uint64_t run_id, SyncPlan plan);
-  awaitable<Status> copy_extent(uint64_t run_id, uint64_t extent, bool from_peer);
+  awaitable<Status> copy_extent(uint64_t run_id, uint64_t extent, bool from_peer, bool compare);
+  // One chunk compared by hashes; the blocks that differ are copied
+  // (to the peer: queued into `recs`). The caller holds the chunk's lock.
+  awaitable<Status> compare_chunk(uint64_t pos, uint32_t n, bool from_peer,
+                                  std::vector<std::shared_ptr<Record>>& recs);
   awaitable<Status> finish(uint64_t peer_localcnt);
   uint64_t extent_bytes(uint64_t e) const;
   bool current(uint64_t run_id) const { return run_id == run_id_ && replicator_.connected(); }
