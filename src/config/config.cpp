@@ -139,6 +139,7 @@ const Key kSettingKeys[] = {
     {"sync_rate", [](const Item& it, Cascade& c) { c.cfg.sync_rate = size_of(it); }},
     {"verify_rate", [](const Item& it, Cascade& c) { c.cfg.verify_rate = size_of(it); }},
     {"sync_compare", [](const Item& it, Cascade& c) { c.cfg.sync_compare = bool_of(it); }},
+    {"track_granule", [](const Item& it, Cascade& c) { c.cfg.track_granule = granule_of(it); }},
     {"max_inflight", [](const Item& it, Cascade& c) { c.cfg.max_inflight = max_inflight_of(it); }},
     {"size", [](const Item& it, Cascade& c) { c.cfg.size = export_size_of(it); }},
     {"auth",

@@ -168,6 +168,8 @@ unsigned number_of(const Item& it, unsigned lo, unsigned hi);
 bool bool_of(const Item& it);
 uint64_t size_of(const Item& it);
 uint64_t extent_size_of(const Item& it);
+// track_granule: 0 (off) or a power of two from 4 KiB to 64 KiB.
+uint64_t granule_of(const Item& it);
 uint64_t export_size_of(const Item& it);
 uint64_t max_inflight_of(const Item& it);
 std::string path_of(const Item& it);

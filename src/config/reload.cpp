@@ -23,6 +23,8 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
     cur.sync_rate = next.sync_rate;
   if (note(true, "sync_compare", cur.sync_compare ? "true" : "false", next.sync_compare ? "true" : "false"))
     cur.sync_compare = next.sync_compare;
+  if (note(true, "track_granule", std::to_string(cur.track_granule), std::to_string(next.track_granule)))
+    cur.track_granule = next.track_granule;
   if (note(true, "verify_rate", std::to_string(cur.verify_rate), std::to_string(next.verify_rate)))
     cur.verify_rate = next.verify_rate;
   if (note(true, "compression", to_string(cur.compression), to_string(next.compression)))

@@ -199,6 +199,14 @@ uint64_t extent_size_of(const Item& it) {
   return n;
 }
 
+uint64_t granule_of(const Item& it) {
+  uint64_t n = size_of(it);
+  bool power_of_two = (n & (n - 1)) == 0;
+  if (n != 0 && (!power_of_two || n < 4096 || n > 65536))
+    fail(it, quote(it.value.Scalar()) + " is not 0 (off) or a power of two from 4KiB to 64KiB");
+  return n;
+}
+
 uint64_t export_size_of(const Item& it) {
   uint64_t n = size_of(it);
   if (n == 0 || n % kSectorSize != 0) {

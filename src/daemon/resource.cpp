@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "hastnbd/base/files.h"
+#include "hastnbd/disk/fine_file.h"
 #include "hastnbd/daemon/commands.h"
 #include "hastnbd/daemon/role_change.h"
 #include "hastnbd/daemon/sd_notify.h"
@@ -68,6 +69,7 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
   if (MetaHeader h = meta::set_keepdirty((*meta)->header(), c.keepdirty); !(h == (*meta)->header()))
     if (Status s = (*meta)->write_header_now(h); !s.ok()) return s;
   r->store_ = std::make_unique<MetaStore>(io, *r->uring_, std::move(*meta), c.keepdirty);
+  r->restore_fine_records();
   r->hooks_ = std::make_unique<Hooks>(io, c.name, c.exec);
   r->sync_target_ = std::make_unique<SyncTarget>(c, *r->store_, *r->hooks_);
   if (c.remote)
@@ -97,6 +99,52 @@ Result<std::unique_ptr<Resource>> Resource::open(asio::io_context& io, ResourceC
       : meta::is_sync_source(h) ? ", source of an unfinished sync"
                                 : "");
   return r;
+}
+
+std::string Resource::fine_path() const { return config_.state_dir + "/" + config_.name + ".fine"; }
+
+// docs/design.md, "Fine-grained tracking": the records of a clean stop
+// narrow the extents that need a sync; anything that does not match the
+// metadata exactly is not used.
+void Resource::restore_fine_records() {
+  ActiveMap& map = store_->map();
+  map.set_granule(config_.track_granule);
+  auto taken = take_fine(fine_path());
+  if (!taken.ok()) {
+    spdlog::warn("resource {}: fine-tracking records not used: {}", config_.name, taken.status().message());
+    return;
+  }
+  if (!taken->has_value()) return;
+  const FineSnapshot& s = **taken;
+  const MetaHeader& h = store_->header();
+  if (s.uuid != h.uuid || s.localcnt != h.localcnt || s.remotecnt != h.remotecnt || s.data_size != h.data_size ||
+      s.extent_size != h.extent_size || s.granule != config_.track_granule) {
+    spdlog::warn("resource {}: fine-tracking records of {} are from other metadata or another track_granule; "
+                 "the extents that need a sync are synchronised whole",
+                 config_.name, fine_path());
+    return;
+  }
+  uint64_t restored = 0;
+  for (const auto& [extent, bits] : s.records) restored += map.restore_fine(extent, bits) ? 1 : 0;
+  spdlog::info("resource {}: fine-tracking records of the last clean stop: {} of {} extents, {} bytes to copy",
+               config_.name, restored, s.records.size(), map.fine_bytes());
+}
+
+void Resource::save_fine_records() {
+  const ActiveMap& map = store_->map();
+  if (map.fine_records().empty()) return;
+  const MetaHeader& h = store_->header();
+  FineSnapshot s{h.uuid, h.localcnt, h.remotecnt, h.data_size, h.extent_size, map.granule(), {}};
+  for (const auto& [extent, bits] : map.fine_records()) s.records.emplace_back(extent, bits);
+  Status st = make_directories(config_.state_dir, 0700);
+  if (st.ok()) st = save_fine(fine_path(), s);
+  if (!st.ok())
+    spdlog::warn("resource {}: fine-tracking records not saved ({}); after the restart the extents that need a "
+                 "sync are synchronised whole",
+                 config_.name, st.message());
+  else
+    spdlog::info("resource {}: fine-tracking records of {} extents saved to {}", config_.name, s.records.size(),
+                 fine_path());
 }
 
 void Resource::wire_peer_events() {
@@ -311,6 +359,7 @@ json Resource::reload() {
   hooks_->set_program(config_.exec);
   if (syncer_) syncer_->set_rate(config_.sync_rate);
   if (verifier_) verifier_->set_rate(config_.verify_rate);
+  if (store_->map().granule() != config_.track_granule) store_->map().set_granule(config_.track_granule);
   if (secondary_) secondary_->reconfigure();
   if (replicator_) replicator_->reconfigure(config_.remote != remote || config_.source != source);
   hooks_->run("reload");
@@ -454,7 +503,10 @@ awaitable<void> Resource::shutdown() {
   if (replicator_) co_await replicator_->stop();
   if (secondary_ && role_ != Role::kInit) co_await secondary_->stop();
   if (Status s = co_await disk_->flush(); !s.ok()) spdlog::error("shutdown: {}", s.message());
-  if (Status s = co_await store_->bitmap_durable(); !s.ok()) spdlog::error("shutdown: {}", s.message());
+  if (Status s = co_await store_->bitmap_durable(); !s.ok())
+    spdlog::error("shutdown: {}", s.message());
+  else
+    save_fine_records();  // only on top of a durable bitmap
   spdlog::info("resource {}: stopped cleanly; {} dirty extents", config_.name, store_->map().dirty_count());
   hooks_->run("stop");
   co_await hooks_->drain();

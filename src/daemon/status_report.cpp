@@ -102,6 +102,8 @@ json status_report(const StatusSources& s) {
   j["extent_size"] = h.extent_size;
   j["dirty"] = {{"extents", map.dirty_count()},
                 {"needs_sync_extents", map.needs_sync_count()},
+                {"fine_extents", map.fine_records().size()},
+                {"fine_bytes", map.fine_bytes()},
                 {"bytes", std::min(map.dirty_count() * h.extent_size, h.data_size)},
                 {"keepdirty", c.keepdirty}};
   j["nbd"] = nbd_section(s);
@@ -121,6 +123,8 @@ json status_report(const StatusSources& s) {
   j["timeout"] = c.timeout;
   j["sync_rate"] = c.sync_rate;
   j["verify_rate"] = c.verify_rate;
+  j["sync_compare"] = c.sync_compare;
+  j["track_granule"] = c.track_granule;
   return j;
 }
 

@@ -7,6 +7,7 @@ namespace hastnbd {
 
 ActiveMap::ActiveMap(std::span<uint8_t> bitmap, uint64_t data_size, uint64_t extent_size, unsigned keepdirty)
     : bitmap_(bitmap),
+      data_size_(data_size),
       extent_size_(extent_size),
       extents_((data_size + extent_size - 1) / extent_size),
       keepdirty_(keepdirty),
@@ -24,6 +25,7 @@ ActiveMap::ActiveMap(std::span<uint8_t> bitmap, uint64_t data_size, uint64_t ext
 void ActiveMap::set_needs_sync(uint64_t e, bool v) {
   uint64_t& word = needs_sync_[e >> 6];
   const uint64_t bit = uint64_t(1) << (e & 63);
+  if (!v) fine_.erase(e);  // synced or clean: the record is done with
   if (bool(word & bit) == v) return;
   word ^= bit;
   if (v) ++needs_sync_count_;
@@ -96,9 +98,75 @@ void ActiveMap::write_done(uint64_t offset, uint64_t length, bool confirmed) {
   for (uint64_t e = first; e <= last; ++e) {
     State& s = state_[e];
     --s.inflight;
-    if (!confirmed) set_needs_sync(e, true);
+    if (!confirmed) note_range(e, offset, length, needs_sync(e));
     maybe_clear(e);
   }
+}
+
+void ActiveMap::set_granule(uint64_t granule) {
+  granule_ = granule;
+  fine_.clear();
+}
+
+// [offset, offset+length) of extent e may differ on the peer. `was_needed`:
+// e needed a sync before; without a record then, all of it may differ.
+void ActiveMap::note_range(uint64_t e, uint64_t offset, uint64_t length, bool was_needed) {
+  set_needs_sync(e, true);
+  if (granule_ == 0) return;
+  auto it = fine_.find(e);
+  if (it == fine_.end()) {
+    if (was_needed) return;
+    it = fine_.emplace(e, std::vector<uint64_t>((extent_size_ / granule_ + 63) / 64, 0)).first;
+  }
+  const uint64_t base = e * extent_size_;
+  const uint64_t from = std::max(offset, base) - base;
+  const uint64_t to = std::min(offset + length, base + extent_size_) - base;
+  for (uint64_t g = from / granule_; g * granule_ < to; ++g) it->second[g >> 6] |= uint64_t(1) << (g & 63);
+}
+
+void ActiveMap::mark_range(uint64_t offset, uint64_t length) {
+  auto [first, last] = extent_range(offset, length);
+  for (uint64_t e = first; e <= last; ++e) {
+    const bool was_needed = needs_sync(e);
+    if (!is_dirty(e)) {
+      set_bit(e);
+      pending_[e] = ++change_seq_;
+    }
+    note_range(e, offset, length, was_needed);
+  }
+}
+
+std::optional<std::vector<std::pair<uint64_t, uint64_t>>> ActiveMap::fine_ranges(uint64_t e) const {
+  auto it = fine_.find(e);
+  if (it == fine_.end()) return std::nullopt;
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  const uint64_t base = e * extent_size_;
+  const uint64_t end = std::min(base + extent_size_, data_size_);
+  const uint64_t granules = extent_size_ / granule_;
+  for (uint64_t g = 0; g < granules; ++g) {
+    if (!((it->second[g >> 6] >> (g & 63)) & 1)) continue;
+    const uint64_t at = base + g * granule_;
+    if (at >= end) break;
+    const uint64_t n = std::min(granule_, end - at);
+    if (!out.empty() && out.back().first + out.back().second == at) out.back().second += n;
+    else out.emplace_back(at, n);
+  }
+  return out;
+}
+
+bool ActiveMap::restore_fine(uint64_t e, std::vector<uint64_t> bits) {
+  if (granule_ == 0 || e >= extents_ || !needs_sync(e) || fine_.contains(e) ||
+      bits.size() != (extent_size_ / granule_ + 63) / 64)
+    return false;
+  fine_.emplace(e, std::move(bits));
+  return true;
+}
+
+uint64_t ActiveMap::fine_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [e, bits] : fine_)
+    for (uint64_t w : bits) n += uint64_t(std::popcount(w));
+  return n * granule_;
 }
 
 void ActiveMap::maybe_clear(uint64_t e) {
@@ -135,6 +203,7 @@ void ActiveMap::mark_needs_sync(uint64_t e) {
     pending_[e] = ++change_seq_;
   }
   set_needs_sync(e, true);
+  fine_.erase(e);  // whatever it recorded, all of it may differ now
 }
 
 void ActiveMap::mark_all_needs_sync() {

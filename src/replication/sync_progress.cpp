@@ -24,7 +24,7 @@ void SyncProgress::begin(bool from, bool is_full, uint64_t total) {
   full = is_full;
   total_bytes = total;
   done_bytes = 0;
-  compared_bytes = copied_bytes = 0;
+  compared_bytes = copied_bytes = fine_bytes = 0;
   started = std::chrono::steady_clock::now();
   started_wall = std::chrono::system_clock::now();
   ended_wall = {};
@@ -59,6 +59,7 @@ nlohmann::json SyncProgress::to_json() const {
       {"done_bytes", done_bytes},
       {"compared_bytes", compared_bytes},
       {"copied_bytes", copied_bytes},
+      {"fine_bytes", fine_bytes},
       {"rate", uint64_t(r)},
       {"eta_seconds", (state == State::kRunning && r > 0) ? int64_t(double(left) / r + 0.5) : int64_t(-1)},
       {"started", state == State::kNone ? "" : iso_time(started_wall)},

@@ -114,31 +114,42 @@ awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_pee
   std::vector<std::shared_ptr<Record>> recs;
   {
     auto guard = co_await write_path_.extent_lock().lock(off, off + len, /*exclusive=*/true);
-    for (uint64_t pos = off; pos < off + len && current(run_id); pos += kChunk) {
-      const uint32_t n = uint32_t(std::min<uint64_t>(kChunk, off + len - pos));
-      const std::string where = std::to_string(n) + " bytes at " + std::to_string(pos);
-      if (compare) {
-        if (Status s = co_await compare_chunk(pos, n, from_peer, recs); !s.ok()) co_return s;
-        continue;
-      }
-      progress_.copied_bytes += n;
-      if (!from_peer) {
-        Buffer buf = pool_.get(n);
-        if (Status s = co_await disk_.read(pos, buf); !s.ok())
-          co_return Status::Error(s.code(), "reading " + where + ": " + s.message());
-        auto rec = co_await replicator_.submit_buffer(peer::kFlagResync, pos, std::move(buf));
-        if (!rec) co_return link_down;
-        recs.push_back(std::move(rec));
-      } else {
-        // The lock stays held until the data is on the local disk: a write
-        // to this extent must land after the copy, not under it.
-        auto rec = co_await replicator_.remote_read(pos, n, peer::kFlagResync);
-        if (!rec) co_return link_down;
-        co_await rec->settled.wait();
-        if (!rec->ok || rec->data.size() != n)
-          co_return Status::Error(EIO, "reading from the secondary at " + std::to_string(pos) + ": " + rec->error);
-        if (Status s = co_await disk_.write(pos, rec->data); !s.ok())
-          co_return Status::Error(s.code(), "writing " + where + ": " + s.message());
+    // What this node wrote without the peer, where it is known per granule
+    // (docs/design.md, "Fine-grained tracking"); else the whole extent.
+    std::vector<std::pair<uint64_t, uint64_t>> ranges{{off, len}};
+    if (auto fine = map_.fine_ranges(e); fine && !from_peer) {
+      ranges = std::move(*fine);
+      progress_.fine_bytes += len;
+      // Granules of one block are copied as they are; larger ones compared.
+      compare = compare && map_.granule() > kCompareBlock;
+    }
+    for (const auto& [begin, length] : ranges) {
+      for (uint64_t pos = begin; pos < begin + length && current(run_id); pos += kChunk) {
+        const uint32_t n = uint32_t(std::min<uint64_t>(kChunk, begin + length - pos));
+        const std::string where = std::to_string(n) + " bytes at " + std::to_string(pos);
+        if (compare) {
+          if (Status s = co_await compare_chunk(pos, n, from_peer, recs); !s.ok()) co_return s;
+          continue;
+        }
+        progress_.copied_bytes += n;
+        if (!from_peer) {
+          Buffer buf = pool_.get(n);
+          if (Status s = co_await disk_.read(pos, buf); !s.ok())
+            co_return Status::Error(s.code(), "reading " + where + ": " + s.message());
+          auto rec = co_await replicator_.submit_buffer(peer::kFlagResync, pos, std::move(buf));
+          if (!rec) co_return link_down;
+          recs.push_back(std::move(rec));
+        } else {
+          // The lock stays held until the data is on the local disk: a write
+          // to this extent must land after the copy, not under it.
+          auto rec = co_await replicator_.remote_read(pos, n, peer::kFlagResync);
+          if (!rec) co_return link_down;
+          co_await rec->settled.wait();
+          if (!rec->ok || rec->data.size() != n)
+            co_return Status::Error(EIO, "reading from the secondary at " + std::to_string(pos) + ": " + rec->error);
+          if (Status s = co_await disk_.write(pos, rec->data); !s.ok())
+            co_return Status::Error(s.code(), "writing " + where + ": " + s.message());
+        }
       }
     }
   }

@@ -210,8 +210,9 @@ void Verifier::mark(const std::vector<VerifyRange>& ranges) {
     for (uint64_t e = first; e <= last; ++e) {
       auto it = std::lower_bound(marked_.begin(), marked_.end(), e);
       if (it == marked_.end() || *it != e) marked_.insert(it, e);
-      map_.mark_needs_sync(e);
     }
+    // With fine tracking the repair then copies these blocks, not the extents.
+    map_.mark_range(r.offset, r.length);
   }
 }
 

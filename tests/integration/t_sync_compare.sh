@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Checksum-based resynchronisation (sync_compare, default on), two real
-# daemons over TCP on loopback.
-#  1. Disconnect: b stops; 1,000 random 4 KiB writes go to a alone; b
-#     returns. The catch-up covers every extent written (primary-newer),
-#     compares them by hashes and sends at most the bytes written (the
-#     issue's bound is 2x), where whole extents would be up to 1,000 x 2 MiB.
-#  2. Crash: a pair in sync after random writes (keepdirty 64); a is killed
+# What a resynchronisation copies: fine-grained tracking of a peer's outage
+# (track_granule, default 4 KiB) and checksum-based resync (sync_compare,
+# default on), two real daemons over TCP on loopback.
+#  1. Disconnect: b stops; 1,000 random 4 KiB writes go to a alone; a is
+#     restarted cleanly (its records of the outage survive in
+#     STATE_DIR/data.fine); b returns. The catch-up covers every extent
+#     written but copies only the granules written: at most the bytes
+#     written (the issue's bound is 2x), nothing compared.
+#  2. The same with track_granule 0: every dirty extent is compared by
+#     hashes and only the differing blocks are sent.
+#  3. Crash: a pair in sync after random writes (keepdirty 64); a is killed
 #     with SIGKILL; 5 blocks of a's disk inside its dirty extents are changed
 #     while it is down (what a crash can leave: written here, never sent).
-#     a returns as primary: the sync (in-step, a's dirty map) compares every
-#     dirty extent and copies exactly those 5 blocks.
-#  3. sync_compare: false (reload) copies whole extents again.
+#     a returns as primary: the sync (in-step, a's dirty map, no records
+#     after a crash) compares every dirty extent and copies exactly those 5
+#     blocks.
+#  4. sync_compare false and track_granule 0: whole extents again.
+#  5. Application writes racing a catch-up that uses both (granule 16 KiB,
+#     compared inside): no copy overwrites newer data.
 # Every time: both disks byte-identical, syncdone COPIED COMPARED agrees
 # with status, and the secondary received exactly the copied bytes.
 source "$(dirname "$0")/lib.sh"
@@ -67,17 +74,51 @@ check_sync() {
 }
 sent() { SENT0="$(field a '["peer"]["resync_bytes_sent"]')"; }
 
-# 1. disconnect
-away_writes 1000 1
-wait_in_sync "$conf" a 120 || { show_logs; die "the catch-up did not finish"; }
-[ "$(field a '["peer"]["decision"]')" = primary-newer ] || die "decision $(field a '["peer"]["decision"]')"
-check_sync "1,000 writes during a disconnect"
-total="$(field a '["sync"]["total_bytes"]')" copied="$(field a '["sync"]["copied_bytes"]')"
-[ "$(field a '["sync"]["compared_bytes"]')" = "$total" ] || die "not every dirty extent was compared"
-[ "$copied" -le $((2 * 1000 * 4096)) ] || die "the catch-up copied $copied bytes for 1,000 writes of 4 KiB"
-[ "$copied" -gt $((900 * 4096)) ] || die "the catch-up copied only $copied bytes for 1,000 random writes"
+set_keys() {  # KEY: VALUE lines for the resource, replacing the earlier ones; reload a
+  local line
+  sed -i '/^    \(sync_compare\|track_granule\|sync_rate\): /d' "$conf"
+  for line in "$@"; do sed -i "s/^    keepdirty: 64$/    keepdirty: 64\n    $line/" "$conf"; done
+  hastnbd_ctl "$conf" a reload data >/dev/null || die "reload of a failed"
+}
+# catch_up TAG WRITES: after away_writes, the catch-up's figures.
+catch_up() {
+  wait_in_sync "$conf" a 120 || { show_logs; die "$1: the catch-up did not finish"; }
+  [ "$(field a '["peer"]["decision"]')" = primary-newer ] || die "$1: decision $(field a '["peer"]["decision"]')"
+  check_sync "$1"
+  total="$(field a '["sync"]["total_bytes"]')" copied="$(field a '["sync"]["copied_bytes"]')"
+  compared="$(field a '["sync"]["compared_bytes"]')" fine="$(field a '["sync"]["fine_bytes"]')"
+  [ "$copied" -le $((2 * $2 * 4096)) ] || die "$1: the catch-up copied $copied bytes for $2 writes of 4 KiB"
+  [ "$copied" -gt $((9 * $2 * 4096 / 10)) ] || die "$1: the catch-up copied only $copied bytes for $2 random writes"
+}
 
-# 2. crash of the primary
+# 1. disconnect, fine tracking, a clean restart of a during the outage
+stop_daemon "$pid_b"
+wait_peer_state_not "$conf" a connected 10 || die "a still connected after b stopped"
+random_writes 1000 1
+[ "$(field a '["dirty"]["fine_bytes"]')" -gt $((900 * 4096)) ] || die "a recorded $(field a '["dirty"]') of the outage"
+stop_daemon "$pid_a"
+[ -s "$dir/state-a/data.fine" ] || die "a's clean stop saved no fine records"
+start_daemon "$conf" a data
+pid_a=$DAEMON_PID
+[ -e "$dir/state-a/data.fine" ] && die "a's start left the fine records file in place"
+grep -q "fine-tracking records of the last clean stop" "$(daemon_log a)" || die "a did not restore its records"
+make_primary "$conf" a data
+SENT0=0
+start_daemon "$conf" b data
+pid_b=$DAEMON_PID
+: >"$T/hook.out"
+hastnbd_ctl "$conf" b role secondary data >/dev/null || die "role secondary on b failed"
+catch_up "1,000 writes during a disconnect, a restarted" 1000
+[ "$compared" = 0 ] && [ "$fine" = "$total" ] || die "the catch-up did not use the records: $(field a '["sync"]')"
+
+# 2. disconnect, no fine tracking: compared
+set_keys "track_granule: 0"
+away_writes 1000 5
+catch_up "1,000 writes during a disconnect, track_granule 0" 1000
+[ "$compared" = "$total" ] && [ "$fine" = 0 ] || die "not every dirty extent was compared: $(field a '["sync"]')"
+set_keys
+
+# 3. crash of the primary
 random_writes 2000 2
 wait_in_sync "$conf" a 30 || die "not in sync after the writes"
 kill -KILL "$pid_a"
@@ -103,21 +144,22 @@ wait_in_sync "$conf" a 60 || { show_logs; die "the sync after the crash did not 
 [ "$(field a '["sync"]["copied_bytes"]')" = $((5 * 4096)) ] || die "the sync after the crash copied $(field a '["sync"]["copied_bytes"]') bytes, expected the 5 changed blocks"
 check_sync "kill -9 of the primary, ${#dirty[@]} dirty extents, 5 blocks changed"
 
-# 3. whole extents without sync_compare
-sed -i 's/^    keepdirty: 64$/    keepdirty: 64\n    sync_compare: false/' "$conf"
-hastnbd_ctl "$conf" a reload data | grep -q 'sync_compare: true -> false' || die "reload did not turn sync_compare off"
+[ "$(field a '["sync"]["compared_bytes"]')" = "$(field a '["sync"]["total_bytes"]')" ] || die "after a crash every dirty extent is compared"
+
+# 4. whole extents without either
+set_keys "sync_compare: false" "track_granule: 0"
 away_writes 100 3
 wait_in_sync "$conf" a 120 || { show_logs; die "the catch-up did not finish"; }
 [ "$(field a '["sync"]["compared_bytes"]')" = 0 ] || die "compared with sync_compare false"
 [ "$(field a '["sync"]["copied_bytes"]')" = "$(field a '["sync"]["total_bytes"]')" ] || die "sync_compare false did not copy whole extents"
-check_sync "100 writes during a disconnect, sync_compare false"
+check_sync "100 writes during a disconnect, sync_compare false, track_granule 0"
 
-# 4. application writes racing a compared sync: b away while a's whole
-# device is rewritten, then a compared catch-up at 16 MiB/s (~16 s) with
-# verified fio writes all over the device meanwhile. No copy may overwrite
-# newer data on b: after a flush and in sync, the disks are identical.
-sed -i 's/^    sync_compare: false$/    sync_compare: true\n    sync_rate: 16MiB/' "$conf"
-hastnbd_ctl "$conf" a reload data | grep -q 'sync_rate' || die "reload did not set sync_rate"
+# 5. application writes racing a catch-up: b away while a's whole device is
+# rewritten, then a catch-up at 16 MiB/s (~16 s) from 16 KiB granules,
+# compared inside, with verified fio writes all over the device meanwhile.
+# No copy may overwrite newer data on b: after a flush and in sync, the
+# disks are identical.
+set_keys "sync_rate: 16MiB" "track_granule: 16KiB"
 away_writes 20000 4
 fio_verify_start "$sock_a" $((SIZE / 2)) 0 60 race --time_based --runtime=8 --verify_backlog=256
 _sync_running() { [ "$(field a '["sync"]["state"]')" = running ]; }
@@ -128,5 +170,6 @@ wait "$FIO_PID" || rc=$?
 [ "$rc" = 0 ] && ! grep -q 'verify:' "$T/fio-race.err" || { cat "$T/fio-race.err"; die "fio racing the sync failed"; }
 wait_in_sync "$conf" a 120 || { show_logs; die "the compared sync did not finish"; }
 nbd_flush "$sock_a"
-[ "$(field a '["sync"]["compared_bytes"]')" -gt 0 ] || die "the catch-up did not compare"
+[ "$(field a '["sync"]["compared_bytes"]')" -gt 0 ] && [ "$(field a '["sync"]["fine_bytes"]')" -gt 0 ] \
+  || die "the catch-up did not use its records and compare: $(field a '["sync"]')"
 check_sync "writes racing a compared sync"

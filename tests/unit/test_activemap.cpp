@@ -165,3 +165,82 @@ TEST_CASE("full sync marks every extent; reset_clean forgets everything", "[acti
   CHECK(m.keepdirty_size() == 0);
   CHECK(std::all_of(bm.begin(), bm.end(), [](uint8_t b) { return b == 0; }));
 }
+
+namespace {
+using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+void unconfirmed(ActiveMap& m, uint64_t offset, uint64_t length) {
+  m.write_start(offset, length);
+  m.mark_durable(m.change_seq());
+  m.write_done(offset, length, /*confirmed=*/false);
+}
+}  // namespace
+
+TEST_CASE("fine tracking: unconfirmed writes recorded per granule", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 4);
+  m.set_granule(4096);
+  unconfirmed(m, 4096, 4096);
+  unconfirmed(m, 3 * 4096 + 100, 200);       // inside one granule
+  unconfirmed(m, 2 * kExt - 4096, 8192);     // across extents 1 and 2
+  CHECK(m.needs_sync_count() == 3);
+  CHECK(m.fine_ranges(0) == Ranges{{4096, 4096}, {3 * 4096, 4096}});
+  CHECK(m.fine_ranges(1) == Ranges{{2 * kExt - 4096, 4096}});
+  CHECK(m.fine_ranges(2) == Ranges{{2 * kExt, 4096}});
+  unconfirmed(m, 2 * 4096, 4096);            // joins its neighbours
+  CHECK(m.fine_ranges(0) == Ranges{{4096, 3 * 4096}});
+  CHECK(m.fine_bytes() == 5 * 4096);
+  CHECK_FALSE(m.fine_ranges(5).has_value());  // no record: clean
+  m.synced(0);
+  CHECK_FALSE(m.fine_ranges(0).has_value());
+  CHECK(m.needs_sync_count() == 2);
+}
+
+TEST_CASE("fine tracking: an extent marked for an unknown reason has no record", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  bm[0] = 0x01;  // extent 0 dirty at load: what differs is unknown
+  ActiveMap m(bm, 64 * kExt, kExt, 4);
+  m.set_granule(8192);
+  unconfirmed(m, 0, 4096);
+  CHECK(m.needs_sync(0));
+  CHECK_FALSE(m.fine_ranges(0).has_value());  // the whole extent
+  unconfirmed(m, kExt, 4096);
+  CHECK(m.fine_ranges(1) == Ranges{{kExt, 8192}});  // granule 8 KiB
+  m.mark_needs_sync(1);                             // the peer's map says so
+  CHECK_FALSE(m.fine_ranges(1).has_value());
+  unconfirmed(m, kExt + 65536, 4096);               // stays whole
+  CHECK_FALSE(m.fine_ranges(1).has_value());
+  m.mark_all_needs_sync();
+  CHECK(m.fine_records().empty());
+}
+
+TEST_CASE("fine tracking: mark_range (a verify's mismatches), off, restore", "[activemap]") {
+  std::vector<uint8_t> bm(16);  // 65 extents
+  ActiveMap m(bm, 64 * kExt + 4096, kExt, 4);
+  m.set_granule(4096);
+  m.mark_range(5 * kExt + 8192, 4096);
+  CHECK(m.is_dirty(5));
+  CHECK(m.change_seq() > m.durable_seq());  // the caller makes the bit durable
+  CHECK(m.fine_ranges(5) == Ranges{{5 * kExt + 8192, 4096}});
+  m.mark_range(5 * kExt, 4096);
+  CHECK(m.fine_ranges(5) == Ranges{{5 * kExt, 4096}, {5 * kExt + 8192, 4096}});
+  // The short last extent: ranges end at the device's end.
+  m.mark_range(64 * kExt, 4096);
+  CHECK(m.fine_ranges(64) == Ranges{{64 * kExt, 4096}});
+
+  // Saved at a clean stop, restored at start into a map loaded from the bitmap.
+  auto saved = m.fine_records();
+  std::vector<uint8_t> bm2 = bm;
+  ActiveMap n(bm2, 64 * kExt + 4096, kExt, 4);
+  n.set_granule(4096);
+  for (auto& [e, bits] : saved) CHECK(n.restore_fine(e, bits));
+  CHECK(n.fine_ranges(5) == m.fine_ranges(5));
+  CHECK_FALSE(n.restore_fine(5, saved.at(5)));          // already has one
+  CHECK_FALSE(n.restore_fine(7, saved.at(5)));          // does not need sync
+  CHECK_FALSE(n.restore_fine(0, {1, 2, 3}));            // wrong size
+  n.set_granule(0);                                     // off: records nothing
+  unconfirmed(n, 9 * kExt, 4096);
+  CHECK(n.needs_sync(9));
+  CHECK_FALSE(n.fine_ranges(9).has_value());
+  n.reset_clean();
+  CHECK(n.fine_records().empty());
+}

@@ -83,6 +83,7 @@ TEST_CASE("config: cascade node over resource over defaults over built-in", "[co
   sync_rate: 10MiB
   verify_rate: 20MiB
   sync_compare: false
+  track_granule: 16KiB
   max_inflight: 2MiB
   psk: secret-d-0123456789abcdef-0123456789
   nbd: {connections: 2}
@@ -123,6 +124,7 @@ resources:
   CHECK(a.sync_rate == 10 << 20);
   CHECK(a.verify_rate == 20 << 20);
   CHECK_FALSE(a.sync_compare);
+  CHECK(a.track_granule == 16384);
   CHECK(a.max_inflight == 2 << 20);
   REQUIRE(a.size.has_value());
   CHECK(*a.size == 1ull << 30);
@@ -167,6 +169,7 @@ TEST_CASE("config: built-in defaults and default paths", "[config]") {
   CHECK(c.sync_rate == 0);
   CHECK(c.verify_rate == 100u << 20);
   CHECK(c.sync_compare);
+  CHECK(c.track_granule == 4096);
   CHECK(c.max_inflight == 64u << 20);
   CHECK_FALSE(c.size.has_value());
   CHECK(c.psk.empty());
@@ -491,6 +494,13 @@ TEST_CASE("config: bad sizes", "[config]") {
         "t.yaml:3: resources.data.max_inflight: '4096' is too small (at least 1MiB)");
   CHECK(parse_ok(with_resource_line("max_inflight: 1MiB")).max_inflight == 1 << 20);
   CHECK(parse_ok(with_resource_line("sync_rate: 0")).sync_rate == 0);
+  CHECK(parse_ok(with_resource_line("track_granule: 0")).track_granule == 0);
+  CHECK(parse_ok(with_resource_line("track_granule: 64KiB")).track_granule == 65536);
+  for (const char* bad : {"2KiB", "128KiB", "12KiB", "x"}) {
+    INFO(bad);
+    CHECK_THAT(error_of(with_resource_line(std::string("track_granule: ") + bad)),
+               Catch::Contains("resources.data.track_granule"));
+  }
 }
 
 TEST_CASE("config: out of range numbers", "[config]") {
@@ -886,7 +896,7 @@ TEST_CASE("config: the shipped example file", "[config]") {
   const std::string text = read_text(path);
   for (const char* key :
        {"replication:", "compression:", "checksum:",    "timeout:",   "run_dir:",   "state_dir:",
-        "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "verify_rate:", "sync_compare:", "max_inflight:",
+        "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "verify_rate:", "sync_compare:", "track_granule:", "max_inflight:",
         "# auth:",      "psk_file:",    "local:",       "listen:",      "remote:",    "meta:",      "nbd:",
         "socket:",      "device:",      "connections:", "# size:"}) {
     INFO(key);

@@ -106,6 +106,7 @@ struct ResourceConfig {
   uint64_t sync_rate = 0;             // bytes/s, 0 = unlimited
   uint64_t verify_rate = 100 << 20;   // online verify, bytes/s per side, 0 = unlimited
   bool sync_compare = true;           // a sync that is not full copies only the blocks whose hashes differ
+  uint64_t track_granule = 4096;      // what the primary writes without its peer, per granule; 0 = off
   uint64_t max_inflight = 64 << 20;   // unacked bytes to the peer (every mode, sync too); >= 1MiB
   std::optional<uint64_t> size;       // exported size; default: whole local device
   PeerAuth auth = PeerAuth::kDefault;
@@ -130,7 +131,7 @@ struct ResourceConfig {
 };
 
 // SIGHUP: what a running daemon takes from a newly loaded configuration.
-// timeout, exec, sync_rate, verify_rate, sync_compare, remote (a new address for the peer), source,
+// timeout, exec, sync_rate, verify_rate, sync_compare, track_granule, remote (a new address for the peer), source,
 // compression, checksum, max_inflight and the peer key (auth, psk, psk_file)
 // change in place; everything else
 // (devices, paths, sizes, listen addresses, replication mode, keepdirty,

@@ -113,6 +113,11 @@ class Resource {
   awaitable<void> leave_primary();
   peer::Hello hello() const;
   void wire_peer_events();
+  // STATE_DIR/RESOURCE.fine: the fine-tracking records of a clean stop,
+  // restored at open, saved at shutdown (disk/fine_file.h).
+  std::string fine_path() const;
+  void restore_fine_records();
+  void save_fine_records();
   StatusSources status_sources() const;
 
   asio::io_context& io_;

@@ -14,11 +14,19 @@
 //  - An extent with an unconfirmed write (degraded mode, or dirty when the map
 //    was loaded, or dirty in the peer's map) "needs sync": it stays dirty
 //    until the syncer calls synced().
+//  - Fine tracking (set_granule, docs/design.md "Fine-grained tracking"): an
+//    extent that comes to need a sync through known ranges (unconfirmed
+//    writes, a verify's mismatches) gets a fine record, one bit per
+//    granule, of what may differ; later such ranges add to it. An extent
+//    marked for an unknown reason (dirty at load, the peer's map, a full
+//    sync: mark_needs_sync) has no record: all of it may differ. A record
+//    ends when the extent is synced.
 // Pure: no I/O, single-threaded.
 #pragma once
 
 #include <cstdint>
 #include <list>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <utility>
@@ -49,8 +57,27 @@ class ActiveMap {
 
   // The syncer copied extent e: it is clean on both sides unless written since.
   void synced(uint64_t extent);
-  // Mark an extent as needing sync (e.g. dirty in the peer's map).
+  // Mark an extent as needing sync, all of it (e.g. dirty in the peer's map):
+  // a fine record it had is dropped.
   void mark_needs_sync(uint64_t extent);
+  // These bytes may differ on the peer: their extents need sync, with a fine
+  // record of the granules where the extent had none and did not need sync,
+  // added to the record where it had one (a verify's mismatches).
+  void mark_range(uint64_t offset, uint64_t length);
+
+  // Fine tracking: bytes per bit of a record, a power of two from 4096 to
+  // the extent size; 0 (the default) records nothing.
+  void set_granule(uint64_t granule);
+  uint64_t granule() const { return granule_; }
+  // The byte ranges of extent e that may differ, merged and in order, when
+  // it has a fine record; nullopt: the whole extent.
+  std::optional<std::vector<std::pair<uint64_t, uint64_t>>> fine_ranges(uint64_t extent) const;
+  // The records, for saving at a clean stop (extent -> granule bits), and
+  // taking one back at start: only for an extent that needs sync and has
+  // none; a record of the wrong size is refused (false).
+  const std::unordered_map<uint64_t, std::vector<uint64_t>>& fine_records() const { return fine_; }
+  bool restore_fine(uint64_t extent, std::vector<uint64_t> bits);
+  uint64_t fine_bytes() const;  // granules recorded, in bytes
   void mark_all_needs_sync();
   // Whether the two copies of the extent may differ, and how many may.
   bool needs_sync(uint64_t extent) const { return (needs_sync_[extent >> 6] >> (extent & 63)) & 1; }
@@ -83,8 +110,10 @@ class ActiveMap {
   void maybe_clear(uint64_t e);
   void touch_lru(uint64_t e);
   void set_needs_sync(uint64_t e, bool v);
+  void note_range(uint64_t e, uint64_t offset, uint64_t length, bool was_needed);
 
   std::span<uint8_t> bitmap_;
+  uint64_t data_size_;
   uint64_t extent_size_;
   uint64_t extents_;
   unsigned keepdirty_;
@@ -96,6 +125,8 @@ class ActiveMap {
   std::vector<uint64_t> needs_sync_;                // one bit per extent
   uint64_t needs_sync_count_ = 0;
   std::list<uint64_t> lru_;                         // front = most recently written
+  uint64_t granule_ = 0;
+  std::unordered_map<uint64_t, std::vector<uint64_t>> fine_;  // extent -> one bit per granule
 };
 
 // Dirty-run helpers for the bitmap alone (used by dump on a file at rest).

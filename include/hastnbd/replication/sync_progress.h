@@ -25,6 +25,7 @@ struct SyncProgress {
   // copied (sent to the peer, or read from it).
   uint64_t compared_bytes = 0;
   uint64_t copied_bytes = 0;
+  uint64_t fine_bytes = 0;  // of the extents, those known per granule (fine tracking)
   std::chrono::steady_clock::time_point started{};
   std::chrono::system_clock::time_point started_wall{}, ended_wall{};
   std::string last_error;
