@@ -140,6 +140,8 @@ const Key kSettingKeys[] = {
     {"verify_rate", [](const Item& it, Cascade& c) { c.cfg.verify_rate = size_of(it); }},
     {"sync_compare", [](const Item& it, Cascade& c) { c.cfg.sync_compare = bool_of(it); }},
     {"track_granule", [](const Item& it, Cascade& c) { c.cfg.track_granule = granule_of(it); }},
+    {"after_split_brain",
+     [](const Item& it, Cascade& c) { c.cfg.after_split_brain = enum_of(it, kSplitBrainNames); }},
     {"max_inflight", [](const Item& it, Cascade& c) { c.cfg.max_inflight = max_inflight_of(it); }},
     {"size", [](const Item& it, Cascade& c) { c.cfg.size = export_size_of(it); }},
     {"auth",

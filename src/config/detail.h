@@ -52,6 +52,11 @@ inline constexpr EnumName<Compression> kCompressionNames[] = {
     {"none", Compression::kNone}, {"hole", Compression::kHole}, {"lz4", Compression::kLz4}};
 inline constexpr EnumName<Checksum> kChecksumNames[] = {{"none", Checksum::kNone}, {"xxh3", Checksum::kXxh3}};
 inline constexpr EnumName<PeerAuth> kAuthNames[] = {{"psk", PeerAuth::kPsk}, {"none", PeerAuth::kNone}};
+inline constexpr EnumName<SplitBrainPolicy> kSplitBrainNames[] = {
+    {"manual", SplitBrainPolicy::kManual},
+    {"discard-zero-changes", SplitBrainPolicy::kDiscardZeroChanges},
+    {"discard-least-changes", SplitBrainPolicy::kDiscardLeastChanges},
+    {"discard-younger-primary", SplitBrainPolicy::kDiscardYoungerPrimary}};
 // The shortest pre-shared key accepted (the key file hastnbd-ctl genkey
 // writes has 64 characters).
 inline constexpr size_t kMinKeyChars = 32;

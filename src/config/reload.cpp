@@ -25,6 +25,8 @@ ReloadDiff apply_reload(ResourceConfig& cur, const ResourceConfig& next) {
     cur.sync_compare = next.sync_compare;
   if (note(true, "track_granule", std::to_string(cur.track_granule), std::to_string(next.track_granule)))
     cur.track_granule = next.track_granule;
+  if (note(true, "after_split_brain", to_string(cur.after_split_brain), to_string(next.after_split_brain)))
+    cur.after_split_brain = next.after_split_brain;
   if (note(true, "verify_rate", std::to_string(cur.verify_rate), std::to_string(next.verify_rate)))
     cur.verify_rate = next.verify_rate;
   if (note(true, "compression", to_string(cur.compression), to_string(next.compression)))

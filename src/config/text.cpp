@@ -125,6 +125,7 @@ bool is_loopback_host(const std::string& host) {
 }
 const char* to_string(Compression c) { return enum_name(kCompressionNames, c); }
 const char* to_string(Checksum c) { return enum_name(kChecksumNames, c); }
+const char* to_string(SplitBrainPolicy p) { return enum_name(kSplitBrainNames, p); }
 
 Result<Address> parse_address(std::string_view text) {
   auto bad = [&](const std::string& why) {

@@ -149,7 +149,9 @@ void Resource::save_fine_records() {
 
 void Resource::wire_peer_events() {
   if (replicator_) {
-    replicator_->on_hello = [this](const peer::Hello& theirs) { return sync_target_->on_hello(theirs, role_, &plan_); };
+    replicator_->on_hello = [this](const peer::Hello& ours, const peer::Hello& theirs) {
+      return sync_target_->on_hello(ours, theirs, role_, &plan_);
+    };
     replicator_->on_connected = [this] {
       write_path_->peer_connected();
       hooks_->run("connect", {config_.peer_node});
@@ -186,8 +188,8 @@ void Resource::wire_peer_events() {
     };
   }
   if (secondary_) {
-    secondary_->on_hello = [this](const peer::Hello& theirs) {
-      return sync_target_->on_hello(theirs, role_, /*plan=*/nullptr);
+    secondary_->on_hello = [this](const peer::Hello& ours, const peer::Hello& theirs) {
+      return sync_target_->on_hello(ours, theirs, role_, /*plan=*/nullptr);
     };
     secondary_->on_connected = [this] { hooks_->run("connect", {config_.peer_node}); };
     secondary_->on_disconnected = [this](const std::string& why) {
@@ -475,6 +477,7 @@ peer::Hello Resource::hello() const {
   hello.localcnt = h.localcnt;
   hello.remotecnt = h.remotecnt;
   hello.meta_flags = h.flags;
+  hello.generation_time = h.generation_time;  // sent only if the peer knows the field (handshake)
   auto bm = store_->file().bitmap();
   hello.dirty_map.assign(bm.begin(), bm.begin() + long((h.extents() + 7) / 8));
   return hello;

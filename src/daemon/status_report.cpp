@@ -125,6 +125,7 @@ json status_report(const StatusSources& s) {
   j["verify_rate"] = c.verify_rate;
   j["sync_compare"] = c.sync_compare;
   j["track_granule"] = c.track_granule;
+  j["after_split_brain"] = to_string(c.after_split_brain);
   return j;
 }
 

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <bit>
 
 #include "hastnbd/replication/sync_decision.h"
 #include "hastnbd/replication/transitions.h"
@@ -10,6 +11,12 @@
 namespace hastnbd {
 
 namespace {
+
+uint64_t dirty_extents(const std::vector<uint8_t>& map) {
+  uint64_t n = 0;
+  for (uint8_t b : map) n += uint64_t(std::popcount(b));
+  return n;
+}
 
 // Bytes a sync may copy: every extent for a full sync, else those dirty in
 // either node's map. An upper bound: the primary's map may hold extents the
@@ -33,13 +40,29 @@ nlohmann::json SyncTarget::peer_seen() const {
   return {{"localcnt", peer_seen_->localcnt}, {"remotecnt", peer_seen_->remotecnt}, {"decision", peer_seen_->decision}};
 }
 
-awaitable<Status> SyncTarget::on_hello(const peer::Hello& theirs, Role role, SyncPlan* plan) {
+awaitable<Status> SyncTarget::on_hello(const peer::Hello& ours_hello, const peer::Hello& theirs, Role role,
+                                       SyncPlan* plan) {
   const bool as_primary = plan != nullptr;
   const MetaHeader& h = store_.header();
   const Generation ours = meta::generation(h);
   const Generation peer{theirs.uuid, theirs.localcnt, theirs.remotecnt, (theirs.meta_flags & kMetaFresh) != 0};
   const bool both_primary = role == Role::kPrimary && theirs.role == uint8_t(Role::kPrimary);
-  const SyncDecision d = as_primary ? decide_sync(ours, peer) : decide_sync(peer, ours);
+  SyncDecision d = as_primary ? decide_sync(ours, peer) : decide_sync(peer, ours);
+  if (d.kind == SyncKind::kSplitBrain && !both_primary) {
+    // docs/design.md, "The sync decision": after_split_brain. Each side
+    // applies its own policy to the two HELLOs; a secondary's changes are
+    // discarded only when its own policy picks it too.
+    const Changes mine{dirty_extents(ours_hello.dirty_map), ours_hello.generation_time.value_or(0)};
+    const Changes other{dirty_extents(theirs.dirty_map), theirs.generation_time.value_or(0)};
+    d = as_primary ? resolve_split_brain(d, config_.after_split_brain, mine, other)
+                   : resolve_split_brain(d, config_.after_split_brain, other, mine);
+    if (d.kind == SyncKind::kSplitBrainResolved) {
+      const std::string loser = as_primary ? theirs.node : config_.node;
+      spdlog::warn("resource {}: SPLIT-BRAIN with {} resolved: {}; node {} becomes the target", config_.name,
+                   theirs.node, d.reason, loser);
+      hooks_.run("split-brain-resolved", {to_string(config_.after_split_brain), loser});
+    }
+  }
   peer_seen_ = PeerSeen{theirs.localcnt, theirs.remotecnt,
                         both_primary && d.kind != SyncKind::kSplitBrain ? "both-primary" : to_string(d.kind)};
   if (d.kind == SyncKind::kSplitBrain) {

@@ -73,6 +73,7 @@ std::array<uint8_t, kMetaSlotSize> encode_meta_header(const MetaHeader& h) {
   w.u64(h.created);
   w.u64(kMetaBitmapOffset);
   w.u64(h.bitmap_bytes());
+  w.u64(h.generation_time);
   w.zeros(kMetaHeaderBytes - 8 - out.size());
   w.u64(XXH3_64bits(out.data(), kMetaHeaderBytes - 8));
   std::array<uint8_t, kMetaSlotSize> slot{};
@@ -109,6 +110,7 @@ Result<MetaHeader> decode_meta_header(std::span<const uint8_t> slot) {
   h.created = r.u64("created");
   uint64_t bitmap_offset = r.u64("bitmap offset");
   uint64_t bitmap_bytes = r.u64("bitmap bytes");
+  h.generation_time = r.u64("generation time");
   if (h.extent_size == 0 || (h.extent_size & (h.extent_size - 1)) != 0)
     return Status::Error(EINVAL, "extent size " + std::to_string(h.extent_size) + " is not a power of two");
   if (h.data_size == 0) return Status::Error(EINVAL, "data size is 0");

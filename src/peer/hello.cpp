@@ -32,6 +32,7 @@ std::vector<uint8_t> encode_hello(const Hello& h) {
   w.u32(h.meta_flags);
   w.u32(uint32_t(std::min<size_t>(h.dirty_map.size(), UINT32_MAX)));
   w.bytes(h.dirty_map.data(), std::min<size_t>(h.dirty_map.size(), UINT32_MAX));
+  if (h.generation_time) w.u64(*h.generation_time);
   return out;
 }
 
@@ -72,6 +73,8 @@ Result<Hello> decode_hello(std::span<const uint8_t> payload) {
   h.dirty_map.resize(map_bytes);
   r.bytes(h.dirty_map.data(), map_bytes, "dirty_map");
   if (!r.ok()) return fail();
+  // feature kFeatureGenerationTime: exactly one u64 more, or nothing.
+  if (r.remaining() == 8) h.generation_time = r.u64("generation_time");
   if (r.remaining() != 0)
     return Status::Error(EINVAL, "HELLO: " + num(r.remaining()) + " trailing bytes after offset " + num(r.pos()));
   return h;

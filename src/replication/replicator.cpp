@@ -223,6 +223,7 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   features_ = auth->features;
   peer::Hello ours = hello_();
   ours.protocol_version = auth->version;
+  if (!(auth->features & peer::kFeatureGenerationTime)) ours.generation_time.reset();
   peer::send_hello(*conn, ours);
   // Any role: a peer that is primary too still gets the decision, which
   // tells a split-brain from two primaries that merely met (both refuse).
@@ -230,7 +231,7 @@ awaitable<Status> Replicator::handshake(std::shared_ptr<PeerConnection> conn) {
   if (theirs.peer_gone) co_return theirs.hello.status();
   Status s = theirs.hello.status();
   if (s.ok()) peer_was_primary_ = theirs.hello->role == uint8_t(Role::kPrimary);
-  if (s.ok() && on_hello && theirs.hello->role != uint8_t(Role::kInit)) s = co_await on_hello(*theirs.hello);
+  if (s.ok() && on_hello && theirs.hello->role != uint8_t(Role::kInit)) s = co_await on_hello(ours, *theirs.hello);
   if (s.ok() && theirs.hello->role != uint8_t(Role::kSecondary))
     s = Status::Error(EINVAL, "peer '" + theirs.hello->node + "' is not in role secondary");
   if (!s.ok()) co_await peer::refuse(*conn, s);

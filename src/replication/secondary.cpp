@@ -210,6 +210,7 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
   }
   peer::Hello ours = hello_();
   ours.protocol_version = auth->version;
+  if (!(auth->features & peer::kFeatureGenerationTime)) ours.generation_time.reset();
   peer::HelloResult theirs = co_await peer::receive_hello(*conn, ours, config_.peer_node, Role::kPrimary);
   if (theirs.peer_gone) {
     spdlog::warn("peer: connection from {} dropped during handshake: {}", who, theirs.hello.status().message());
@@ -222,7 +223,7 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
   // Our HELLO goes first: the primary decides from the same two HELLOs.
   peer::send_hello(*conn, ours);
   Status s;
-  if (on_hello) s = co_await on_hello(*theirs.hello);
+  if (on_hello) s = co_await on_hello(ours, *theirs.hello);
   if (s.ok() && as_primary_) s = Status::Error(EBUSY, "both nodes are primary");
   if (!s.ok()) {
     co_await refuse(conn, who, s, /*always_log=*/false);

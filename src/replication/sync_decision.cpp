@@ -29,8 +29,49 @@ const char* to_string(SyncKind k) {
     case SyncKind::kPrimaryNewer: return "primary-newer";
     case SyncKind::kSecondaryNewer: return "secondary-newer";
     case SyncKind::kAnomaly: return "anomaly";
+    case SyncKind::kSplitBrainResolved: return "split-brain-resolved";
   }
   return "?";
+}
+
+SyncDecision resolve_split_brain(const SyncDecision& d, SplitBrainPolicy policy, const Changes& p, const Changes& s) {
+  if (d.kind != SyncKind::kSplitBrain) return d;
+  const std::string name = to_string(policy);
+  auto unresolved = [&](const std::string& why) {
+    SyncDecision u = d;
+    u.reason = d.reason + "; after_split_brain " + name + ": " + why;
+    return u;
+  };
+  bool discard_primary = false;
+  std::string why;
+  switch (policy) {
+    case SplitBrainPolicy::kManual: return d;
+    case SplitBrainPolicy::kDiscardZeroChanges:
+      return unresolved("both sides changed data, so neither is discarded automatically");
+    case SplitBrainPolicy::kDiscardLeastChanges:
+      if (p.extents == s.extents)
+        return unresolved("both changed " + std::to_string(p.extents) + " extents, no side has fewer");
+      discard_primary = p.extents < s.extents;
+      why = "the primary changed " + std::to_string(p.extents) + " extents, the secondary " +
+            std::to_string(s.extents);
+      break;
+    case SplitBrainPolicy::kDiscardYoungerPrimary:
+      if (p.generation_time == 0 || s.generation_time == 0 || p.generation_time == s.generation_time)
+        return unresolved("the sides' generation start times are unknown or equal");
+      discard_primary = p.generation_time > s.generation_time;
+      why = std::string("the ") + (discard_primary ? "primary" : "secondary") +
+            " started writing alone later (generation start " +
+            std::to_string((discard_primary ? p : s).generation_time) + " ns against " +
+            std::to_string((discard_primary ? s : p).generation_time) + ")";
+      break;
+  }
+  if (discard_primary)
+    return unresolved(why + ": the primary's changes would be discarded, which is never done under its users; make "
+                            "it secondary (role secondary) and the policy resolves at the next connect");
+  SyncDecision r = make(SyncKind::kSplitBrainResolved, false,
+                        "split-brain resolved by after_split_brain " + name + ": " + why +
+                            "; the secondary's changes are discarded");
+  return r;
 }
 
 SyncDecision decide_sync(const Generation& p, const Generation& s) {

@@ -21,9 +21,10 @@ MetaHeader set_keepdirty(const MetaHeader& h, uint32_t keepdirty) {
   return n;
 }
 
-MetaHeader start_generation(const MetaHeader& h) {
+MetaHeader start_generation(const MetaHeader& h, uint64_t now_ns) {
   MetaHeader n = h;
   ++n.localcnt;
+  n.generation_time = now_ns;
   n.flags &= ~uint32_t(kMetaFresh);
   return n;
 }
@@ -35,6 +36,12 @@ MetaHeader record_connect(const MetaHeader& h, const SyncDecision& d, bool as_pr
   // A primary whose peer accepted it holds the pair's data from now on: it is
   // no longer fresh, so an interrupted first sync can resume.
   if (as_primary) n.flags &= ~uint32_t(kMetaFresh);
+  if (!as_primary && d.kind == SyncKind::kSplitBrainResolved) {
+    // This node's changes since the split are discarded: it goes back to
+    // the generation both held before it, and the union of both maps is
+    // copied over it (an interrupted copy resumes as primary-newer).
+    n.localcnt = peer.remotecnt;
+  }
   if (!as_primary && d.full && !d.from_secondary) {
     // Everything here is about to be overwritten.
     n.uuid = peer.uuid;
@@ -51,7 +58,8 @@ MetaHeader record_connect(const MetaHeader& h, const SyncDecision& d, bool as_pr
 uint64_t peer_localcnt_after_connect(const SyncDecision& d, const Generation& primary, const Generation& secondary) {
   // A full sync to the secondary made it take the primary's view of its
   // generation (record_connect).
-  return d.full && !d.from_secondary ? primary.remotecnt : secondary.localcnt;
+  return (d.full && !d.from_secondary) || d.kind == SyncKind::kSplitBrainResolved ? primary.remotecnt
+                                                                                   : secondary.localcnt;
 }
 
 MetaHeader begin_sync(const MetaHeader& h, SyncDirection direction) {

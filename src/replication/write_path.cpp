@@ -64,7 +64,10 @@ awaitable<Status> WritePath::generation_started() {
       continue;
     }
     generation_bump_running_ = true;
-    Status s = co_await store_.update(meta::start_generation);
+    const uint64_t now = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count());
+    Status s = co_await store_.update([now](const MetaHeader& h) { return meta::start_generation(h, now); });
     generation_bump_running_ = false;
     changed_.notify_all();
     if (!s.ok()) co_return s;

@@ -495,6 +495,11 @@ TEST_CASE("config: bad sizes", "[config]") {
   CHECK(parse_ok(with_resource_line("max_inflight: 1MiB")).max_inflight == 1 << 20);
   CHECK(parse_ok(with_resource_line("sync_rate: 0")).sync_rate == 0);
   CHECK(parse_ok(with_resource_line("track_granule: 0")).track_granule == 0);
+  CHECK(parse_ok(with_resource_line("after_split_brain: discard-least-changes")).after_split_brain ==
+        SplitBrainPolicy::kDiscardLeastChanges);
+  CHECK(parse_ok(kMinimal).after_split_brain == SplitBrainPolicy::kManual);
+  CHECK_THAT(error_of(with_resource_line("after_split_brain: discard-newer")),
+             Catch::Contains("resources.data.after_split_brain") && Catch::Contains("discard-younger-primary"));
   CHECK(parse_ok(with_resource_line("track_granule: 64KiB")).track_granule == 65536);
   for (const char* bad : {"2KiB", "128KiB", "12KiB", "x"}) {
     INFO(bad);
@@ -896,7 +901,7 @@ TEST_CASE("config: the shipped example file", "[config]") {
   const std::string text = read_text(path);
   for (const char* key :
        {"replication:", "compression:", "checksum:",    "timeout:",   "run_dir:",   "state_dir:",
-        "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "verify_rate:", "sync_compare:", "track_granule:", "max_inflight:",
+        "exec:",        "extent_size:", "keepdirty:",   "metaflush:", "sync_rate:", "verify_rate:", "sync_compare:", "track_granule:", "after_split_brain:", "max_inflight:",
         "# auth:",      "psk_file:",    "local:",       "listen:",      "remote:",    "meta:",      "nbd:",
         "socket:",      "device:",      "connections:", "# size:"}) {
     INFO(key);

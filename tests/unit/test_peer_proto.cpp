@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 
+#include "hastnbd/peer/auth.h"
 #include "hastnbd/peer/hello.h"
 
 using namespace hastnbd;
@@ -941,4 +942,22 @@ TEST_CASE("hash_blocks: one XXH3-128 per block, the last one short, big-endian",
     CHECK(std::equal(hashes.begin() + long(b * 16), hashes.begin() + long(b * 16 + 16), h2.begin() + long(b * 16)) ==
           (b != 1));
   CHECK(hash_blocks({}, 4096).empty());
+}
+
+TEST_CASE("hello: generation_time after the bitmap, with feature kFeatureGenerationTime", "[peer]") {
+  Hello h = sample_hello();
+  const auto plain = encode_hello(h);
+  auto d = decode_hello(plain);
+  REQUIRE(d.ok());
+  CHECK_FALSE(d->generation_time.has_value());  // an older peer's HELLO
+  h.generation_time = 1765148400123456789ull;
+  const auto with = encode_hello(h);
+  CHECK(with.size() == plain.size() + 8);
+  d = decode_hello(with);
+  REQUIRE(d.ok());
+  CHECK(*d == h);
+  auto odd = with;
+  odd.push_back(0);  // 9 bytes after the bitmap: neither form
+  CHECK_THAT(decode_hello(odd).status().message(), Catch::Contains("trailing bytes"));
+  CHECK(peer::kFeatures & peer::kFeatureGenerationTime);
 }

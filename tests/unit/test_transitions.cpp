@@ -257,3 +257,68 @@ TEST_CASE("transitions: forced promotion of a sync target", "[transitions]") {
   CHECK(o.decision.kind == SyncKind::kPrimaryNewer);
   require_in_step(b, a);
 }
+
+TEST_CASE("after_split_brain: each policy on every combination of changed sides", "[transitions]") {
+  // Changes as the HELLOs carry them: dirty extents and generation start.
+  const Changes few{3, 1000}, many{9, 2000}, same_as_few{3, 1000};
+  struct Row {
+    SplitBrainPolicy policy;
+    Changes p, s;
+    SyncKind want;
+    const char* says;  // in the reason
+  };
+  const Row rows[] = {
+      {SplitBrainPolicy::kManual, few, many, SyncKind::kSplitBrain, "discard-my-data"},
+      {SplitBrainPolicy::kDiscardZeroChanges, few, many, SyncKind::kSplitBrain, "both sides changed"},
+      {SplitBrainPolicy::kDiscardLeastChanges, many, few, SyncKind::kSplitBrainResolved, "secondary 3"},
+      {SplitBrainPolicy::kDiscardLeastChanges, few, many, SyncKind::kSplitBrain, "never done under its users"},
+      {SplitBrainPolicy::kDiscardLeastChanges, few, same_as_few, SyncKind::kSplitBrain, "no side has fewer"},
+      // p started its generation at 1000, s at 2000: s is the younger primary.
+      {SplitBrainPolicy::kDiscardYoungerPrimary, few, many, SyncKind::kSplitBrainResolved, "secondary started"},
+      {SplitBrainPolicy::kDiscardYoungerPrimary, many, few, SyncKind::kSplitBrain, "never done under its users"},
+      {SplitBrainPolicy::kDiscardYoungerPrimary, few, Changes{9, 0}, SyncKind::kSplitBrain, "unknown or equal"},
+  };
+  for (const Row& row : rows) {
+    INFO(to_string(row.policy) << " p " << row.p.extents << "/" << row.p.generation_time << " s " << row.s.extents
+                               << "/" << row.s.generation_time);
+    MetaHeader a = fresh(1), b = fresh(2);
+    connect(a, b);
+    a = meta::start_generation(a, 1000);
+    b = meta::start_generation(b, 2000);
+    const SyncDecision d = decide_sync(meta::generation(a), meta::generation(b));
+    REQUIRE(d.kind == SyncKind::kSplitBrain);
+    const SyncDecision r = resolve_split_brain(d, row.policy, row.p, row.s);
+    CHECK(r.kind == row.want);
+    CHECK_THAT(r.reason, Catch::Contains(row.says));
+    CHECK(r.refuse == (row.want == SyncKind::kSplitBrain));
+    if (r.refuse) continue;
+    // Resolved: b's changes are discarded, the union copied a -> b; after
+    // the sync the pair is in step, and an interrupted copy resumes as
+    // primary-newer (b went back to the generation both held).
+    CHECK_FALSE(r.from_secondary);
+    CHECK_FALSE(r.full);
+    MetaHeader a1 = a, b1 = b;
+    const Generation ga = meta::generation(a1), gb = meta::generation(b1);
+    a1 = meta::record_connect(a1, r, true, gb, true);
+    b1 = meta::record_connect(b1, r, false, ga, true);
+    CHECK(meta::is_sync_target(b1));
+    CHECK(decide_sync(meta::generation(a1), meta::generation(b1)).kind == SyncKind::kPrimaryNewer);
+    const uint64_t primary_localcnt = a1.localcnt;
+    a1 = meta::finish_sync(a1, meta::peer_localcnt_after_connect(r, ga, gb));
+    b1 = meta::finish_sync(b1, primary_localcnt);
+    require_in_step(a1, b1);
+  }
+  // Not a split-brain: the policy changes nothing (a side that wrote
+  // nothing never started a generation: primary-newer / secondary-newer).
+  MetaHeader a = fresh(1), b = fresh(2);
+  connect(a, b);
+  a = meta::start_generation(a, 1000);
+  for (SplitBrainPolicy p : {SplitBrainPolicy::kManual, SplitBrainPolicy::kDiscardZeroChanges,
+                             SplitBrainPolicy::kDiscardLeastChanges, SplitBrainPolicy::kDiscardYoungerPrimary}) {
+    const SyncDecision d = decide_sync(meta::generation(a), meta::generation(b));
+    CHECK(resolve_split_brain(d, p, few, many).kind == SyncKind::kPrimaryNewer);
+    const SyncDecision d2 = decide_sync(meta::generation(b), meta::generation(a));
+    CHECK(resolve_split_brain(d2, p, few, many).kind == SyncKind::kSecondaryNewer);
+  }
+  CHECK(meta::start_generation(fresh(3), 77).generation_time == 77);
+}

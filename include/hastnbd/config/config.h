@@ -29,11 +29,14 @@ enum class Checksum { kNone, kXxh3 };
 // `auth`: how the peer link is authenticated (peer/auth.h). kDefault: with
 // the pre-shared key when one is configured; without one only on loopback.
 enum class PeerAuth { kDefault, kPsk, kNone };
+// `after_split_brain` (replication/sync_decision.h, resolve_split_brain).
+enum class SplitBrainPolicy { kManual, kDiscardZeroChanges, kDiscardLeastChanges, kDiscardYoungerPrimary };
 
 const char* to_string(Replication r);
 const char* to_string(Compression c);
 const char* to_string(Checksum c);
 const char* to_string(PeerAuth a);
+const char* to_string(SplitBrainPolicy p);
 
 // A host that only this machine can reach: 127.0.0.0/8, ::1, "localhost".
 bool is_loopback_host(const std::string& host);
@@ -107,6 +110,7 @@ struct ResourceConfig {
   uint64_t verify_rate = 100 << 20;   // online verify, bytes/s per side, 0 = unlimited
   bool sync_compare = true;           // a sync that is not full copies only the blocks whose hashes differ
   uint64_t track_granule = 4096;      // what the primary writes without its peer, per granule; 0 = off
+  SplitBrainPolicy after_split_brain = SplitBrainPolicy::kManual;
   uint64_t max_inflight = 64 << 20;   // unacked bytes to the peer (every mode, sync too); >= 1MiB
   std::optional<uint64_t> size;       // exported size; default: whole local device
   PeerAuth auth = PeerAuth::kDefault;
@@ -131,7 +135,8 @@ struct ResourceConfig {
 };
 
 // SIGHUP: what a running daemon takes from a newly loaded configuration.
-// timeout, exec, sync_rate, verify_rate, sync_compare, track_granule, remote (a new address for the peer), source,
+// timeout, exec, sync_rate, verify_rate, sync_compare, track_granule,
+// after_split_brain, remote (a new address for the peer), source,
 // compression, checksum, max_inflight and the peer key (auth, psk, psk_file)
 // change in place; everything else
 // (devices, paths, sizes, listen addresses, replication mode, keepdirty,

@@ -36,7 +36,7 @@ class SyncTarget {
   // proceed; an error refuses the peer with its message. The primary passes
   // `plan`, which is set to the sync to run once the link is up; the
   // secondary passes null.
-  awaitable<Status> on_hello(const peer::Hello& theirs, Role role, SyncPlan* plan);
+  awaitable<Status> on_hello(const peer::Hello& ours, const peer::Hello& theirs, Role role, SyncPlan* plan);
 
   // The secondary's side of a sync.
   awaitable<Status> on_sync_done(uint64_t primary_localcnt);

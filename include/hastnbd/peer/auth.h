@@ -38,8 +38,10 @@ namespace hastnbd::peer {
 // Feature bits, agreed as the intersection of both sides' sets; unknown
 // bits from a newer peer are ignored.
 // kFeatureHash: HASH / HASH_REPLY records (online verify, checksum resync).
+// kFeatureGenerationTime: HELLO ends with the sender's generation_time.
 inline constexpr uint64_t kFeatureHash = 1;
-inline constexpr uint64_t kFeatures = kFeatureHash;
+inline constexpr uint64_t kFeatureGenerationTime = 2;
+inline constexpr uint64_t kFeatures = kFeatureHash | kFeatureGenerationTime;
 
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -28,6 +29,9 @@ struct Hello {
   uint64_t remotecnt = 0;
   uint32_t meta_flags = 0;      // MetaFlags of the sender
   std::vector<uint8_t> dirty_map;  // sender's bitmap, extents() bits, rounded up to bytes
+  // After the bitmap, only when feature kFeatureGenerationTime was agreed:
+  // the sender's MetaHeader::generation_time (unix ns, 0 unknown).
+  std::optional<uint64_t> generation_time;
   bool operator==(const Hello&) const = default;
 };
 std::vector<uint8_t> encode_hello(const Hello& h);

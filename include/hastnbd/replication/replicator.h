@@ -100,7 +100,7 @@ class Replicator {
   // Called with the secondary's HELLO once it passed check_hello: decides
   // whether the pair may connect (and who synchronises whom). An error
   // refuses the peer; its message is sent to the secondary and logged.
-  std::function<awaitable<Status>(const peer::Hello& theirs)> on_hello;
+  std::function<awaitable<Status>(const peer::Hello& ours, const peer::Hello& theirs)> on_hello;
   // Called (on the loop) each time a link comes up and each time it goes down.
   std::function<void()> on_connected;
   std::function<void(const std::string& reason)> on_disconnected;

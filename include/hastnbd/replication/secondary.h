@@ -51,7 +51,7 @@ class Secondary {
   // The primary's HELLO passed check_hello: decide whether the pair may
   // connect (our HELLO is already on its way, so the primary sees our
   // counters either way). An error refuses the primary with its message.
-  std::function<awaitable<Status>(const peer::Hello& theirs)> on_hello;
+  std::function<awaitable<Status>(const peer::Hello& ours, const peer::Hello& theirs)> on_hello;
   std::function<void()> on_connected;
   std::function<void(const std::string& reason)> on_disconnected;
   // SYNC_DONE arrived after every earlier record was applied: store the

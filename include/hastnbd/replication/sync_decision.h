@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <string>
 
+#include "hastnbd/config/config.h"
+
 namespace hastnbd {
 
 struct Generation {
@@ -29,6 +31,8 @@ enum class SyncKind {
   kPrimaryNewer,     // the primary wrote alone: the union, primary -> secondary
   kSecondaryNewer,   // the secondary wrote alone: the union, secondary -> primary
   kAnomaly,          // a counter is behind what the other side remembers: full sync from the side ahead
+  kSplitBrainResolved,  // a split-brain the policy resolved: the secondary's changes are discarded,
+                        // the union of both maps primary -> secondary
 };
 const char* to_string(SyncKind k);
 
@@ -42,5 +46,24 @@ struct SyncDecision {
 };
 
 SyncDecision decide_sync(const Generation& primary, const Generation& secondary);
+
+
+// What each side changed since the split, from its HELLO: the extents
+// dirty in its map, and when it started its current generation (unix ns,
+// 0 unknown).
+struct Changes {
+  uint64_t extents = 0;
+  uint64_t generation_time = 0;
+};
+
+// A split-brain decision under `policy`. Unchanged (refused, manual) when
+// the policy does not pick a side: manual; discard-zero-changes, since a
+// split-brain means both sides wrote (a side that wrote nothing never
+// starts a generation, and the pair resolves as primary-newer or
+// secondary-newer whatever the policy); a tie; an unknown time. When the
+// pick is the primary, a refusal that says so (the primary's data is not
+// discarded under its users; make it secondary). Else kSplitBrainResolved.
+SyncDecision resolve_split_brain(const SyncDecision& d, SplitBrainPolicy policy, const Changes& primary,
+                                 const Changes& secondary);
 
 }  // namespace hastnbd

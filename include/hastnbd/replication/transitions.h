@@ -26,7 +26,8 @@ MetaHeader set_keepdirty(const MetaHeader& h, uint32_t keepdirty);
 // The primary accepts its first write without a connected secondary: a new
 // data generation (localcnt + 1), which the peer will see as "wrote alone".
 // Durable before that write completes.
-MetaHeader start_generation(const MetaHeader& h);
+// `now_ns`: the wall clock (unix ns), recorded as generation_time.
+MetaHeader start_generation(const MetaHeader& h, uint64_t now_ns = 0);
 
 // What a node records when the pair connects with decision `d` (made from
 // the two HELLOs; the same decision on both sides). `peer` is the other
