@@ -367,6 +367,12 @@ void check_auth(std::string_view file, const ResourceEntry& r) {
   }
   if (r.node_list.size() != 2) return;
   const NodeEntry &x = r.node_list[0], &y = r.node_list[1];
+  // Each node applies its own policy to a split-brain: they must agree.
+  if (x.c.cfg.after_split_brain != y.c.cfg.after_split_brain)
+    fail_key(file, r.nodes.line, r.nodes.key,
+             "after_split_brain is " + std::string(to_string(x.c.cfg.after_split_brain)) + " for node '" + x.name +
+                 "' but " + to_string(y.c.cfg.after_split_brain) + " for node '" + y.name +
+                 "'; both nodes must apply the same policy");
   if (x.c.cfg.tls.enabled() != y.c.cfg.tls.enabled()) {
     const NodeEntry& with = x.c.cfg.tls.enabled() ? x : y;
     const NodeEntry& without = x.c.cfg.tls.enabled() ? y : x;

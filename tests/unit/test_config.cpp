@@ -498,6 +498,10 @@ TEST_CASE("config: bad sizes", "[config]") {
   CHECK(parse_ok(with_resource_line("after_split_brain: discard-least-changes")).after_split_brain ==
         SplitBrainPolicy::kDiscardLeastChanges);
   CHECK(parse_ok(kMinimal).after_split_brain == SplitBrainPolicy::kManual);
+  CHECK_THAT(error_of("resources:\n  data:\n    nodes:\n      a: {local: /dev/vdb, listen: \"127.0.0.1:7001\", remote: "
+                      "\"127.0.0.1:7002\", after_split_brain: discard-least-changes}\n      b: {local: /dev/vdc, listen: "
+                      "\"127.0.0.1:7002\", remote: \"127.0.0.1:7001\"}\n"),
+             Catch::Contains("after_split_brain is discard-least-changes for node 'a' but manual for node 'b'"));
   CHECK_THAT(error_of(with_resource_line("after_split_brain: discard-newer")),
              Catch::Contains("resources.data.after_split_brain") && Catch::Contains("discard-younger-primary"));
   CHECK(parse_ok(with_resource_line("track_granule: 64KiB")).track_granule == 65536);
