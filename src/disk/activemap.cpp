@@ -25,7 +25,12 @@ ActiveMap::ActiveMap(std::span<uint8_t> bitmap, uint64_t data_size, uint64_t ext
 void ActiveMap::set_needs_sync(uint64_t e, bool v) {
   uint64_t& word = needs_sync_[e >> 6];
   const uint64_t bit = uint64_t(1) << (e & 63);
-  if (!v) fine_.erase(e);  // synced or clean: the record is done with
+  if (!v) {
+    fine_.erase(e);  // synced or clean: the record is done with
+    marked_at_.erase(e);
+  } else {
+    marked_at_[e] = ++mark_seq_;
+  }
   if (bool(word & bit) == v) return;
   word ^= bit;
   if (v) ++needs_sync_count_;
@@ -192,7 +197,8 @@ void ActiveMap::mark_durable(uint64_t seq) {
   std::erase_if(pending_, [&](const auto& kv) { return kv.second <= seq; });
 }
 
-void ActiveMap::synced(uint64_t e) {
+void ActiveMap::synced(uint64_t e, uint64_t since) {
+  if (auto it = marked_at_.find(e); it != marked_at_.end() && it->second > since) return;
   set_needs_sync(e, false);
   maybe_clear(e);
 }

@@ -112,8 +112,10 @@ awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_pee
   const uint64_t len = extent_bytes(e);
   const Status link_down = Status::Error(ENOTCONN, "the link to the secondary went down");
   std::vector<std::shared_ptr<Record>> recs;
+  uint64_t since = 0;  // marks after this one are not covered by the copy
   {
     auto guard = co_await write_path_.extent_lock().lock(off, off + len, /*exclusive=*/true);
+    since = map_.mark_seq();
     // What this node wrote without the peer, where it is known per granule
     // (docs/design.md, "Fine-grained tracking"); else the whole extent.
     std::vector<std::pair<uint64_t, uint64_t>> ranges{{off, len}};
@@ -158,7 +160,9 @@ awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_pee
     if (!rec->ok) co_return Status::Error(EIO, "the secondary failed a copy: " + rec->error);
   }
   if (!current(run_id)) co_return link_down;
-  map_.synced(e);
+  // A write the secondary failed while the copy ran marked the extent
+  // again: it stays to be copied (the run's loop comes back to it).
+  map_.synced(e, since);
   progress_.add(len);
   co_return Status::Ok();
 }

@@ -244,3 +244,19 @@ TEST_CASE("fine tracking: mark_range (a verify's mismatches), off, restore", "[a
   n.reset_clean();
   CHECK(n.fine_records().empty());
 }
+
+TEST_CASE("a copy does not clear a mark made while it ran", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 0);
+  m.mark_needs_sync(3);
+  const uint64_t since = m.mark_seq();  // the copy of extent 3 begins
+  unconfirmed(m, 3 * kExt, 4096);       // a write the secondary fails meanwhile
+  m.synced(3, since);
+  CHECK(m.needs_sync(3));  // copied again
+  m.synced(3, m.mark_seq());
+  CHECK_FALSE(m.needs_sync(3));
+  CHECK_FALSE(m.is_dirty(3));  // keepdirty 0: clean
+  m.mark_needs_sync(4);
+  m.synced(4);  // without `since`: cleared
+  CHECK_FALSE(m.needs_sync(4));
+}
