@@ -36,14 +36,14 @@ verify() {  # verify ARGS...: hastnbd-ctl verify ARGS data on a; sets VRC
   hastnbd_ctl "$conf" a verify "$@" data >"$T/verify.out" 2>&1 || VRC=$?
 }
 
-# 1. identical copies under load: each verify takes 4 s (64 MiB/s), fio
+# 1. identical copies under load: each verify takes 4 s (64 MiB/s), fio (20 s)
 # writes all along.
 set_rate() {
   sed -i "s/verify_rate: .*/verify_rate: $1/" "$conf"
   hastnbd_ctl "$conf" a reload data | grep -q 'verify_rate' || die "reload did not change verify_rate to $1"
 }
 set_rate 64MiB
-fio_verify_start "$sock_a" $((64 * MIB)) 0 60 load --time_based --runtime=14 --verify_backlog=256
+fio_verify_start "$sock_a" $((64 * MIB)) 0 60 load --time_based --runtime=20 --verify_backlog=256
 for i in 1 2 3; do
   verify --wait
   [ "$VRC" = 0 ] || { cat "$T/verify.out"; show_logs; die "verify $i under load: exit $VRC, expected 0"; }
