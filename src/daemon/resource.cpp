@@ -184,7 +184,12 @@ void Resource::wire_peer_events() {
       // are in step otherwise, so remotecnt stays what it is.
       SyncPlan plan;
       plan.peer_localcnt = store_->header().remotecnt;
-      if (replicator_->connected()) syncer_->start(std::move(plan));
+      if (!replicator_->connected() || syncer_->running() || meta::is_sync_target(store_->header())) {
+        spdlog::warn("verify: not repairing now (link down, a sync running, or this node is a sync target); the "
+                     "marked extents are synchronised at the next connect");
+        return;
+      }
+      syncer_->start(std::move(plan));
     };
   }
   if (secondary_) {
@@ -329,6 +334,12 @@ Status Resource::verify(const VerifyRequest& req) {
     return Status::Error(EINVAL, "verify runs on the primary, which compares its copy with the secondary's; this "
                                  "node is " + std::string(to_string(role_)) +
                                  (verifier_ ? "" : " and has no peer (no 'remote')"));
+  // The copy here is older than the secondary's where a sync from it is
+  // unfinished: comparing against it, let alone repairing from it, would
+  // push old data over new.
+  if (meta::is_sync_target(store_->header()))
+    return Status::Error(EBUSY, "this node is the target of an unfinished synchronisation from the secondary; "
+                                "verify once it is done (it resumes at the next connect)");
   return verifier_->start(req, syncer_->running());
 }
 

@@ -12,9 +12,12 @@ namespace hastnbd {
 
 namespace {
 
-uint64_t dirty_extents(const std::vector<uint8_t>& map) {
+// Dirty extents in a HELLO's map; the padding bits after the last extent
+// (a peer could set them) are not counted.
+uint64_t dirty_extents(const peer::Hello& h) {
+  const uint64_t extents = (h.data_size + h.extent_size - 1) / h.extent_size;
   uint64_t n = 0;
-  for (uint8_t b : map) n += uint64_t(std::popcount(b));
+  for (uint64_t e = 0; e < extents && (e >> 3) < h.dirty_map.size(); ++e) n += (h.dirty_map[e >> 3] >> (e & 7)) & 1;
   return n;
 }
 
@@ -52,8 +55,8 @@ awaitable<Status> SyncTarget::on_hello(const peer::Hello& ours_hello, const peer
     // docs/design.md, "The sync decision": after_split_brain. Each side
     // applies its own policy to the two HELLOs; a secondary's changes are
     // discarded only when its own policy picks it too.
-    const Changes mine{dirty_extents(ours_hello.dirty_map), ours_hello.generation_time.value_or(0)};
-    const Changes other{dirty_extents(theirs.dirty_map), theirs.generation_time.value_or(0)};
+    const Changes mine{dirty_extents(ours_hello), ours_hello.generation_time.value_or(0)};
+    const Changes other{dirty_extents(theirs), theirs.generation_time.value_or(0)};
     d = as_primary ? resolve_split_brain(d, config_.after_split_brain, mine, other)
                    : resolve_split_brain(d, config_.after_split_brain, other, mine);
     if (d.kind == SyncKind::kSplitBrainResolved) {

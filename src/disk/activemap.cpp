@@ -27,9 +27,8 @@ void ActiveMap::set_needs_sync(uint64_t e, bool v) {
   const uint64_t bit = uint64_t(1) << (e & 63);
   if (!v) {
     fine_.erase(e);  // synced or clean: the record is done with
-    marked_at_.erase(e);
-  } else {
-    marked_at_[e] = ++mark_seq_;
+  } else if (auto it = copying_.find(e); it != copying_.end()) {
+    it->second = true;
   }
   if (bool(word & bit) == v) return;
   word ^= bit;
@@ -160,8 +159,10 @@ std::optional<std::vector<std::pair<uint64_t, uint64_t>>> ActiveMap::fine_ranges
 }
 
 bool ActiveMap::restore_fine(uint64_t e, std::vector<uint64_t> bits) {
+  // An empty record would let a sync clear the extent without copying.
   if (granule_ == 0 || e >= extents_ || !needs_sync(e) || fine_.contains(e) ||
-      bits.size() != (extent_size_ / granule_ + 63) / 64)
+      bits.size() != (extent_size_ / granule_ + 63) / 64 ||
+      std::all_of(bits.begin(), bits.end(), [](uint64_t w) { return w == 0; }))
     return false;
   fine_.emplace(e, std::move(bits));
   return true;
@@ -197,10 +198,26 @@ void ActiveMap::mark_durable(uint64_t seq) {
   std::erase_if(pending_, [&](const auto& kv) { return kv.second <= seq; });
 }
 
-void ActiveMap::synced(uint64_t e, uint64_t since) {
-  if (auto it = marked_at_.find(e); it != marked_at_.end() && it->second > since) return;
+void ActiveMap::synced(uint64_t e) {
   set_needs_sync(e, false);
   maybe_clear(e);
+}
+
+bool ActiveMap::end_copy(uint64_t e) {
+  auto it = copying_.find(e);
+  if (it == copying_.end()) return false;
+  const bool again = it->second;
+  copying_.erase(it);
+  return again;
+}
+
+bool ActiveMap::may_differ(uint64_t offset) const {
+  const uint64_t e = offset / extent_size_;
+  if (e >= extents_ || !needs_sync(e)) return false;
+  auto it = fine_.find(e);
+  if (it == fine_.end()) return true;
+  const uint64_t g = (offset - e * extent_size_) / granule_;
+  return (it->second[g >> 6] >> (g & 63)) & 1;
 }
 
 void ActiveMap::mark_needs_sync(uint64_t e) {

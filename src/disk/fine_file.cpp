@@ -117,8 +117,15 @@ Result<std::optional<FineSnapshot>> take_fine(const std::string& path) {
   while ((n = ::read(fd, buf, sizeof buf)) > 0 && data.size() < kMaxFineFile) data.insert(data.end(), buf, buf + n);
   const int err = n < 0 ? errno : 0;
   ::close(fd);
-  // Gone before it is used: a crash from here on must not find it again.
+  // Gone before it is used, durably: a crash (or power loss) from here on
+  // must not find it again.
   if (::unlink(path.c_str()) != 0) return os_error("cannot remove", path);
+  const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return os_error("cannot open", dir);
+  const int synced = ::fsync(dfd);
+  ::close(dfd);
+  if (synced != 0) return os_error("cannot sync", dir);
   if (err != 0) return Status::Error(err, "cannot read " + path + ": " + std::strerror(err));
   if (data.size() >= kMaxFineFile) return Status::Error(EFBIG, path + " is too large to be fine records");
   auto s = decode_fine(data);

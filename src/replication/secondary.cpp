@@ -208,6 +208,7 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
     conn->close("authentication: " + auth.status().message());
     co_return;
   }
+  const uint64_t features = auth->features;
   peer::Hello ours = hello_();
   ours.protocol_version = auth->version;
   if (!(auth->features & peer::kFeatureGenerationTime)) ours.generation_time.reset();
@@ -281,6 +282,10 @@ awaitable<void> Secondary::serve(std::shared_ptr<PeerConnection> conn, std::stri
                        asio::detached);
         continue;
       case peer::kHash: {
+        if (!(features & peer::kFeatureHash)) {
+          conn->close("HASH record from a primary that did not agree on the HASH feature");
+          break;
+        }
         Status valid = peer::verify_payload(h, f->payload.span());
         auto block = valid.ok() ? peer::decode_hash_request(f->payload.span()) : Result<uint32_t>(valid);
         if (!block.ok()) {

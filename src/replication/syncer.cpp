@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "hastnbd/base/logging.h"
 #include "hastnbd/replication/transitions.h"
@@ -42,6 +43,8 @@ void Syncer::start(SyncPlan plan) {
     for (uint64_t e = 0; e < map_.extents() && (e >> 3) < plan.peer_map.size(); ++e)
       if ((plan.peer_map[e >> 3] >> (e & 7)) & 1) map_.mark_needs_sync(e);
   }
+  starting_ = true;
+  starting_run_ = run_id_;
   asio::co_spawn(io_, run(run_id_, std::move(plan)), asio::detached);
 }
 
@@ -112,10 +115,17 @@ awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_pee
   const uint64_t len = extent_bytes(e);
   const Status link_down = Status::Error(ENOTCONN, "the link to the secondary went down");
   std::vector<std::shared_ptr<Record>> recs;
-  uint64_t since = 0;  // marks after this one are not covered by the copy
+  // A mark made while the copy runs is not covered by it (end_copy below).
+  struct CopyScope {
+    ActiveMap& map;
+    uint64_t e;
+    ~CopyScope() { map.end_copy(e); }
+  };
+  std::optional<CopyScope> scope;
   {
     auto guard = co_await write_path_.extent_lock().lock(off, off + len, /*exclusive=*/true);
-    since = map_.mark_seq();
+    map_.begin_copy(e);
+    scope.emplace(CopyScope{map_, e});
     // What this node wrote without the peer, where it is known per granule
     // (docs/design.md, "Fine-grained tracking"); else the whole extent.
     std::vector<std::pair<uint64_t, uint64_t>> ranges{{off, len}};
@@ -162,7 +172,7 @@ awaitable<Status> Syncer::copy_extent(uint64_t run_id, uint64_t e, bool from_pee
   if (!current(run_id)) co_return link_down;
   // A write the secondary failed while the copy ran marked the extent
   // again: it stays to be copied (the run's loop comes back to it).
-  map_.synced(e, since);
+  if (!map_.end_copy(e)) map_.synced(e);
   progress_.add(len);
   co_return Status::Ok();
 }
@@ -180,6 +190,7 @@ awaitable<Status> Syncer::finish(uint64_t peer_localcnt) {
 awaitable<void> Syncer::run(uint64_t run_id, SyncPlan plan) {
   // One loop at a time: a reconnect waits for the previous loop to notice.
   while (running_) co_await changed_.wait();
+  if (run_id == starting_run_) starting_ = false;
   if (run_id != run_id_) co_return;
   running_ = true;
   failure_ = Status::Ok();

@@ -24,7 +24,9 @@ MetaHeader set_keepdirty(const MetaHeader& h, uint32_t keepdirty) {
 MetaHeader start_generation(const MetaHeader& h, uint64_t now_ns) {
   MetaHeader n = h;
   ++n.localcnt;
-  n.generation_time = now_ns;
+  // The first generation alone since the last completed sync dates the
+  // divergence; a later one (a restart during the same outage) does not.
+  if (n.generation_time == 0) n.generation_time = now_ns;
   n.flags &= ~uint32_t(kMetaFresh);
   return n;
 }
@@ -72,6 +74,7 @@ MetaHeader begin_sync(const MetaHeader& h, SyncDirection direction) {
 MetaHeader finish_sync(const MetaHeader& h, uint64_t peer_localcnt) {
   MetaHeader n = h;
   n.remotecnt = peer_localcnt;
+  n.generation_time = 0;  // in step: the next write alone dates a new divergence
   n.flags &= ~uint32_t(kMetaSynchronising | kMetaFresh);
   n.sync_direction = SyncDirection::kNone;
   return n;
@@ -89,6 +92,7 @@ MetaHeader discard_my_data(const MetaHeader& h) {
   n.flags = kMetaFresh;
   n.sync_direction = SyncDirection::kNone;
   n.localcnt = n.remotecnt = 0;
+  n.generation_time = 0;
   return n;
 }
 

@@ -64,8 +64,11 @@ void Verifier::load() {
   try {
     const std::string state = j.value("state", "");
     begin_ = j.value("offset", uint64_t(0));
-    end_ = begin_ + j.value("length", uint64_t(0));
-    next_ = std::clamp(j.value("position", begin_), begin_, end_);
+    const uint64_t length = j.value("length", uint64_t(0));
+    if (length > disk_.size() || begin_ > disk_.size() - length)
+      throw nlohmann::json::other_error::create(501, "range beyond the device", nullptr);
+    end_ = begin_ + length;
+    next_ = std::min(std::max(j.value("position", begin_), begin_), end_);
     repair_ = j.value("repair", false);
     mismatched_bytes_ = j.value("mismatched_bytes", uint64_t(0));
     mismatched_ranges_ = j.value("mismatched_ranges", uint64_t(0));
@@ -217,17 +220,25 @@ void Verifier::mark(const std::vector<VerifyRange>& ranges) {
 }
 
 awaitable<Status> Verifier::check_chunk(uint64_t run_id, uint64_t offset, uint64_t length) {
-  // Extents that already need a sync differ by what the dirty map says; a
-  // mismatch there tells nothing new. This run's own marks are not skipped.
-  {
-    auto [first, last] = map_.extent_range(offset, length);
-    for (uint64_t e = first; e <= last; ++e) {
-      if (map_.needs_sync(e) && !std::binary_search(marked_.begin(), marked_.end(), e)) {
-        skipped_bytes_ += length;
-        co_return Status::Ok();
-      }
-    }
+  // Blocks already known to differ (their extent needs a sync, and a fine
+  // record holds them or there is none) would tell nothing new: they are
+  // skipped, block by block. An extent this run marked without a record is
+  // compared on: only its earlier blocks are known.
+  const size_t blocks = size_t(peer::hash_count(length, kVerifyBlock));
+  std::vector<bool> known(blocks, false);
+  size_t known_count = 0;
+  uint64_t known_bytes = 0;
+  for (size_t b = 0; b < blocks; ++b) {
+    const uint64_t at = offset + b * kVerifyBlock;
+    const uint64_t e = at / map_.extent_size();
+    if (!map_.may_differ(at)) continue;
+    if (!map_.has_record(e) && std::binary_search(marked_.begin(), marked_.end(), e)) continue;
+    known[b] = true;
+    ++known_count;
+    known_bytes += std::min<uint64_t>(kVerifyBlock, offset + length - at);
   }
+  skipped_bytes_ += known_bytes;
+  if (known_count == blocks) co_return Status::Ok();
   const Status link_down = Status::Error(ENOTCONN, "the link to the secondary went down");
   Buffer local = pool_.get(length);
   std::shared_ptr<Record> rec;
@@ -250,7 +261,7 @@ awaitable<Status> Verifier::check_chunk(uint64_t run_id, uint64_t offset, uint64
   std::vector<VerifyRange> found;
   const uint8_t* theirs = rec->data.data();
   for (size_t b = 0; b < ours.size() / peer::kHashBytes; ++b) {
-    if (std::equal(ours.begin() + long(b * peer::kHashBytes), ours.begin() + long((b + 1) * peer::kHashBytes),
+    if (known[b] || std::equal(ours.begin() + long(b * peer::kHashBytes), ours.begin() + long((b + 1) * peer::kHashBytes),
                    theirs + b * peer::kHashBytes))
       continue;
     const uint64_t at = offset + b * kVerifyBlock;
@@ -266,7 +277,7 @@ awaitable<Status> Verifier::check_chunk(uint64_t run_id, uint64_t offset, uint64
       co_return Status::Error(d.code(), "marking the differing extents: " + d.message());
     for (const VerifyRange& r : found) add_mismatch(r);
   }
-  checked_total_ += length;
+  checked_total_ += length - known_bytes;
   co_return Status::Ok();
 }
 

@@ -106,12 +106,14 @@ hastnbd_ctl "$conf" a status data | grep '^  verify:' | grep -q 'DIFFER' || die 
 # The marks are durable: in the metadata file, not only in memory.
 [ "$(dump_field "$conf" a '["dirty_extents"]')" -ge 4 ] || die "the marked extents are not in a's metadata"
 
-verify --wait   # the marked extents are skipped: they wait for a sync
+verify --wait   # the marked blocks are skipped (known to differ), the rest compared
 [ "$VRC" = 0 ] || { cat "$T/verify.out"; die "a verify over marked extents: exit $VRC"; }
-[ "$(field a '["verify"]["skipped_bytes"]')" = $((4 * 2 * MIB)) ] || die "skipped $(field a '["verify"]["skipped_bytes"]'), expected the 4 extents of 2 MiB"
+[ "$(field a '["verify"]["skipped_bytes"]')" = $((5 * 4096)) ] || die "skipped $(field a '["verify"]["skipped_bytes"]'), expected the 5 marked blocks"
 verify --repair --wait
 [ "$VRC" = 0 ] || { cat "$T/verify.out"; die "verify --repair: exit $VRC"; }
 wait_in_sync "$conf" a 60 || { show_logs; die "the repair did not finish"; }
+# The marks are fine records: the repair copies those 5 blocks, not 4 extents.
+[ "$(field a '["sync"]["copied_bytes"]')" = $((5 * 4096)) ] || die "the repair copied $(field a '["sync"]["copied_bytes"]') bytes"
 [ "$(field a '["dirty"]["needs_sync_extents"]')" = 0 ] || die "extents still need sync after the repair"
 verify --wait
 [ "$VRC" = 0 ] && [ "$(field a '["verify"]["skipped_bytes"]')" = 0 ] \

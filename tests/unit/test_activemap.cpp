@@ -248,15 +248,30 @@ TEST_CASE("fine tracking: mark_range (a verify's mismatches), off, restore", "[a
 TEST_CASE("a copy does not clear a mark made while it ran", "[activemap]") {
   std::vector<uint8_t> bm(8);
   ActiveMap m(bm, 64 * kExt, kExt, 0);
+  m.set_granule(4096);
   m.mark_needs_sync(3);
-  const uint64_t since = m.mark_seq();  // the copy of extent 3 begins
-  unconfirmed(m, 3 * kExt, 4096);       // a write the secondary fails meanwhile
-  m.synced(3, since);
-  CHECK(m.needs_sync(3));  // copied again
-  m.synced(3, m.mark_seq());
+  m.begin_copy(3);                  // the copy of extent 3 begins
+  unconfirmed(m, 3 * kExt, 4096);   // a write the secondary fails meanwhile
+  CHECK(m.end_copy(3));             // so the copy must not clear it
+  CHECK(m.needs_sync(3));
+  m.begin_copy(3);                  // copied again, nothing meanwhile
+  CHECK_FALSE(m.end_copy(3));
+  m.synced(3);
   CHECK_FALSE(m.needs_sync(3));
-  CHECK_FALSE(m.is_dirty(3));  // keepdirty 0: clean
-  m.mark_needs_sync(4);
-  m.synced(4);  // without `since`: cleared
-  CHECK_FALSE(m.needs_sync(4));
+  CHECK_FALSE(m.is_dirty(3));       // keepdirty 0: clean
+  CHECK_FALSE(m.end_copy(9));       // no copy of 9 began
+}
+
+TEST_CASE("may_differ: per granule with a record, the whole extent without", "[activemap]") {
+  std::vector<uint8_t> bm(8);
+  ActiveMap m(bm, 64 * kExt, kExt, 0);
+  m.set_granule(4096);
+  unconfirmed(m, kExt + 8192, 4096);
+  CHECK(m.may_differ(kExt + 8192));
+  CHECK(m.may_differ(kExt + 8192 + 4095));
+  CHECK_FALSE(m.may_differ(kExt + 4096));
+  CHECK_FALSE(m.may_differ(0));
+  m.mark_needs_sync(2);
+  CHECK(m.may_differ(2 * kExt + 12345));
+  CHECK_FALSE(m.restore_fine(2, std::vector<uint64_t>(4, 0)));  // an empty record is refused
 }

@@ -321,4 +321,9 @@ TEST_CASE("after_split_brain: each policy on every combination of changed sides"
     CHECK(resolve_split_brain(d2, p, few, many).kind == SyncKind::kSecondaryNewer);
   }
   CHECK(meta::start_generation(fresh(3), 77).generation_time == 77);
+  // A restart during the same outage (a second generation alone) keeps the
+  // first date; a completed sync clears it.
+  MetaHeader g = meta::start_generation(meta::start_generation(fresh(3), 1000), 3000);
+  CHECK(g.generation_time == 1000);
+  CHECK(meta::finish_sync(g, 0).generation_time == 0);
 }

@@ -56,12 +56,17 @@ class ActiveMap {
   void mark_durable(uint64_t seq);
 
   // The syncer copied extent e: it is clean on both sides unless written since.
-  // With `since` (mark_seq() taken when the copy began): unless the extent
-  // was marked again after it (a write the secondary failed while the copy
-  // ran), which keeps it needing a sync.
-  void synced(uint64_t extent, uint64_t since = UINT64_MAX);
-  // Advances at every mark of an extent as needing sync.
-  uint64_t mark_seq() const { return mark_seq_; }
+  void synced(uint64_t extent);
+  // Around a copy of extent e: end_copy() says whether e was marked as
+  // needing sync again while it ran (a write the secondary failed with the
+  // link up), in which case the copy must not clear it (synced).
+  void begin_copy(uint64_t extent) { copying_[extent] = false; }
+  bool end_copy(uint64_t extent);
+  // Whether the byte at `offset` is known to differ on the peer, or may:
+  // its extent needs a sync and either has no fine record or the record
+  // holds its granule.
+  bool may_differ(uint64_t offset) const;
+  bool has_record(uint64_t extent) const { return fine_.contains(extent); }
   // Mark an extent as needing sync, all of it (e.g. dirty in the peer's map):
   // a fine record it had is dropped.
   void mark_needs_sync(uint64_t extent);
@@ -131,8 +136,7 @@ class ActiveMap {
   uint64_t needs_sync_count_ = 0;
   std::list<uint64_t> lru_;                         // front = most recently written
   uint64_t granule_ = 0;
-  uint64_t mark_seq_ = 0;
-  std::unordered_map<uint64_t, uint64_t> marked_at_;  // extent needing sync -> mark_seq_ of its last mark
+  std::unordered_map<uint64_t, bool> copying_;  // extents being copied -> marked again meanwhile
   std::unordered_map<uint64_t, std::vector<uint64_t>> fine_;  // extent -> one bit per granule
 };
 

@@ -54,10 +54,11 @@ struct MetaHeader {
   uint64_t localcnt = 0;
   uint64_t remotecnt = 0;
   uint64_t created = 0;  // unix seconds
-  // When this node last started a generation alone (start_generation), unix
-  // ns; 0 unknown (never, or a header written before this field existed:
-  // it sits in what was zero padding). after_split_brain
-  // discard-younger-primary compares it.
+  // When this node first started a generation alone since its last
+  // completed sync (start_generation; cleared by finish_sync), unix ns; 0
+  // none or unknown (a header written before this field existed: it sits
+  // in what was zero padding). after_split_brain discard-younger-primary
+  // compares it.
   uint64_t generation_time = 0;
 
   uint64_t extents() const { return extent_size ? (data_size + extent_size - 1) / extent_size : 0; }

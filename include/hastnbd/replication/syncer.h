@@ -65,7 +65,8 @@ class Syncer {
   void interrupt(const std::string& why);
   awaitable<void> stop();  // interrupt and wait for the loop to end
 
-  bool running() const { return running_; }
+  // Also from start() until the run takes over: a plan is in place.
+  bool running() const { return running_ || starting_; }
   const SyncProgress& progress() const { return progress_; }
 
   // rate in bytes/s, 0 = unlimited (SIGHUP may change it).
@@ -97,6 +98,8 @@ class Syncer {
   Pacer pacer_;
   uint64_t run_id_ = 0;
   bool running_ = false;
+  bool starting_ = false;  // start() called, run() not yet running
+  uint64_t starting_run_ = 0;  // the run that clears starting_
   uint64_t copies_in_flight_ = 0;
   std::vector<uint64_t> in_flight_;  // extents being copied
   Status failure_;                   // why the current run gave up
