@@ -122,6 +122,7 @@ set_keys
 random_writes 2000 2
 wait_in_sync "$conf" a 30 || die "not in sync after the writes"
 kill -KILL "$pid_a"
+wait "$pid_a" 2>/dev/null || true  # gone, its metadata lock released (slow under ASan)
 wait_peer_state_not "$conf" b connected 10 || die "b did not notice a die"
 mapfile -t dirty < <(dump_field "$conf" a '["dirty"]' | "$HASTNBD_PYTHON" -c '
 import ast, sys
