@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <bit>
 
 #include "hastnbd/replication/sync_decision.h"
 #include "hastnbd/replication/transitions.h"
@@ -14,10 +13,11 @@ namespace {
 
 // Dirty extents in a HELLO's map; the padding bits after the last extent
 // (a peer could set them) are not counted.
+// (decode_hello checked the map's length against the extents.)
 uint64_t dirty_extents(const peer::Hello& h) {
-  const uint64_t extents = (h.data_size + h.extent_size - 1) / h.extent_size;
   uint64_t n = 0;
-  for (uint64_t e = 0; e < extents && (e >> 3) < h.dirty_map.size(); ++e) n += (h.dirty_map[e >> 3] >> (e & 7)) & 1;
+  for (auto [first, last] : bitmap_dirty_runs(h.dirty_map, (h.data_size + h.extent_size - 1) / h.extent_size))
+    n += last - first + 1;
   return n;
 }
 

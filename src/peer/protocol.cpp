@@ -396,6 +396,24 @@ std::vector<uint8_t> hash_blocks(std::span<const uint8_t> data, uint32_t block) 
   return out;
 }
 
+std::vector<std::pair<uint64_t, uint64_t>> differing_runs(std::span<const uint8_t> ours,
+                                                          std::span<const uint8_t> theirs, uint64_t length,
+                                                          uint32_t block, const std::function<bool(size_t)>& skip) {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  const size_t blocks = std::min(ours.size(), theirs.size()) / kHashBytes;
+  for (size_t b = 0; b < blocks; ++b) {
+    if ((skip && skip(b)) ||
+        std::equal(ours.begin() + long(b * kHashBytes), ours.begin() + long((b + 1) * kHashBytes),
+                   theirs.begin() + long(b * kHashBytes)))
+      continue;
+    const uint64_t at = uint64_t(b) * block;
+    const uint64_t n = std::min<uint64_t>(block, length - at);
+    if (!runs.empty() && runs.back().first + runs.back().second == at) runs.back().second += n;
+    else runs.emplace_back(at, n);
+  }
+  return runs;
+}
+
 std::vector<uint8_t> encode_error(int err, const std::string& message) {
   // errno 0 or out of range would be rejected by the peer; say EIO instead.
   uint32_t code = (err > 0 && uint32_t(err) <= kMaxErrno) ? uint32_t(err) : uint32_t(EIO);

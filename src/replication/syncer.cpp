@@ -75,21 +75,8 @@ awaitable<Status> Syncer::compare_chunk(uint64_t pos, uint32_t n, bool from_peer
   const std::vector<uint8_t> ours = peer::hash_blocks(local.span(), kCompareBlock);
   if (hashes->data.size() != ours.size()) co_return Status::Error(EPROTO, "the secondary's hashes do not match the request");
   progress_.compared_bytes += n;
-  const size_t blocks = ours.size() / peer::kHashBytes;
-  auto same = [&](size_t b) {
-    return std::equal(ours.begin() + long(b * peer::kHashBytes), ours.begin() + long((b + 1) * peer::kHashBytes),
-                      hashes->data.data() + b * peer::kHashBytes);
-  };
-  for (size_t b = 0; b < blocks;) {
-    if (same(b)) {
-      ++b;
-      continue;
-    }
-    size_t end = b + 1;
-    while (end < blocks && !same(end)) ++end;
-    const uint64_t off = uint64_t(b) * kCompareBlock;
-    const uint32_t len = uint32_t(std::min<uint64_t>(uint64_t(end) * kCompareBlock, n) - off);
-    b = end;
+  for (const auto& [off, run] : peer::differing_runs(ours, hashes->data.span(), n, kCompareBlock)) {
+    const uint32_t len = uint32_t(run);
     progress_.copied_bytes += len;
     if (!from_peer) {
       auto rec = co_await replicator_.submit(peer::kWrite, peer::kFlagResync, pos + off, len,

@@ -259,16 +259,9 @@ awaitable<Status> Verifier::check_chunk(uint64_t run_id, uint64_t offset, uint64
   if (!rec->ok) co_return current(run_id) ? Status::Error(EIO, "the secondary: " + rec->error) : link_down;
   if (rec->data.size() != ours.size()) co_return Status::Error(EPROTO, "the secondary's hashes do not match the request");
   std::vector<VerifyRange> found;
-  const uint8_t* theirs = rec->data.data();
-  for (size_t b = 0; b < ours.size() / peer::kHashBytes; ++b) {
-    if (known[b] || std::equal(ours.begin() + long(b * peer::kHashBytes), ours.begin() + long((b + 1) * peer::kHashBytes),
-                   theirs + b * peer::kHashBytes))
-      continue;
-    const uint64_t at = offset + b * kVerifyBlock;
-    const uint64_t n = std::min<uint64_t>(kVerifyBlock, offset + length - at);
-    if (!found.empty() && found.back().offset + found.back().length == at) found.back().length += n;
-    else found.push_back({at, n});
-  }
+  for (const auto& [at, n] :
+       peer::differing_runs(ours, rec->data.span(), length, kVerifyBlock, [&](size_t b) { return bool(known[b]); }))
+    found.push_back({offset + at, n});
   if (!found.empty()) {
     mark(found);
     // The marks are durable before the run reports the range checked: a

@@ -961,3 +961,18 @@ TEST_CASE("hello: generation_time after the bitmap, with feature kFeatureGenerat
   CHECK_THAT(decode_hello(odd).status().message(), Catch::Contains("trailing bytes"));
   CHECK(peer::kFeatures & peer::kFeatureGenerationTime);
 }
+
+TEST_CASE("differing_runs: adjacent differing blocks merged, the short last block, skipped blocks", "[peer]") {
+  std::vector<uint8_t> a(5 * 4096 + 100), b;
+  for (size_t i = 0; i < a.size(); ++i) a[i] = uint8_t(i * 13 + 1);
+  b = a;
+  b[4096 + 1] ^= 1;      // block 1
+  b[2 * 4096] ^= 1;      // block 2: joins block 1
+  b[5 * 4096 + 50] ^= 1; // the short last block
+  const auto ha = hash_blocks(a, 4096), hb = hash_blocks(b, 4096);
+  using Runs = std::vector<std::pair<uint64_t, uint64_t>>;
+  CHECK(differing_runs(ha, hb, a.size(), 4096) == Runs{{4096, 8192}, {5 * 4096, 100}});
+  CHECK(differing_runs(ha, hb, a.size(), 4096, [](size_t i) { return i == 1; }) ==
+        Runs{{2 * 4096, 4096}, {5 * 4096, 100}});
+  CHECK(differing_runs(ha, ha, a.size(), 4096).empty());
+}

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -132,6 +133,14 @@ Result<uint32_t> decode_hash_request(std::span<const uint8_t> payload);
 inline uint64_t hash_count(uint64_t length, uint32_t block) { return (length + block - 1) / block; }
 // One kHashBytes hash per block of `data`, in wire order.
 std::vector<uint8_t> hash_blocks(std::span<const uint8_t> data, uint32_t block);
+// Where two hash_blocks() results for the same `length` bytes differ
+// (ours.size() == theirs.size()): runs of adjacent differing blocks, merged,
+// as (offset in the range, bytes; the last block may be short). Blocks for
+// which `skip(index)` is true are left out.
+std::vector<std::pair<uint64_t, uint64_t>> differing_runs(std::span<const uint8_t> ours,
+                                                          std::span<const uint8_t> theirs, uint64_t length,
+                                                          uint32_t block,
+                                                          const std::function<bool(size_t)>& skip = {});
 
 // kError payload.
 std::vector<uint8_t> encode_error(int err, const std::string& message);
