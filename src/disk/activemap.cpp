@@ -53,9 +53,12 @@ std::pair<uint64_t, uint64_t> ActiveMap::extent_range(uint64_t offset, uint64_t 
   return {first, std::min(last, extents_ - 1)};
 }
 
+// A bit going 0 -> 1 gets a change sequence its writers wait for (durable).
 void ActiveMap::set_bit(uint64_t e) {
+  if (is_dirty(e)) return;
   bitmap_[e >> 3] = uint8_t(bitmap_[e >> 3] | (1u << (e & 7)));
   ++dirty_count_;
+  pending_[e] = ++change_seq_;
 }
 
 void ActiveMap::clear_bit(uint64_t e) {
@@ -86,10 +89,7 @@ uint64_t ActiveMap::write_start(uint64_t offset, uint64_t length) {
   uint64_t ticket = 0;
   for (uint64_t e = first; e <= last; ++e) {
     ++state_[e].inflight;
-    if (!is_dirty(e)) {
-      set_bit(e);
-      pending_[e] = ++change_seq_;
-    }
+    set_bit(e);
     if (auto it = pending_.find(e); it != pending_.end()) ticket = std::max(ticket, it->second);
   }
   // After the in-flight counts are up, so eviction cannot clear our own bits.
@@ -132,10 +132,7 @@ void ActiveMap::mark_range(uint64_t offset, uint64_t length) {
   auto [first, last] = extent_range(offset, length);
   for (uint64_t e = first; e <= last; ++e) {
     const bool was_needed = needs_sync(e);
-    if (!is_dirty(e)) {
-      set_bit(e);
-      pending_[e] = ++change_seq_;
-    }
+    set_bit(e);
     note_range(e, offset, length, was_needed);
   }
 }
@@ -221,10 +218,7 @@ bool ActiveMap::may_differ(uint64_t offset) const {
 }
 
 void ActiveMap::mark_needs_sync(uint64_t e) {
-  if (!is_dirty(e)) {
-    set_bit(e);
-    pending_[e] = ++change_seq_;
-  }
+  set_bit(e);
   set_needs_sync(e, true);
   fine_.erase(e);  // whatever it recorded, all of it may differ now
 }

@@ -115,7 +115,7 @@ class ActiveMap {
     bool in_lru = false;
     std::list<uint64_t>::iterator lru_pos;
   };
-  void set_bit(uint64_t e);
+  void set_bit(uint64_t e);  // if clear: set, with a pending change sequence
   void clear_bit(uint64_t e);
   void maybe_clear(uint64_t e);
   void touch_lru(uint64_t e);
